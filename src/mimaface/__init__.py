@@ -1,0 +1,3 @@
+"""MIMAFace: face animation via motion-identity modulated appearance learning."""
+
+__version__ = "0.1.0"
