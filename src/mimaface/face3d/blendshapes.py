@@ -85,7 +85,8 @@ class Anatomy:
         y = self.shape[:, 1] - centre[1]
         upper = near * _smoothstep(0.15 * opening, 0.45 * opening, y) * np.exp(-0.5 * (np.clip(y - 0.5 * opening, 0, None) / 0.025) ** 2)
         lower = near * _smoothstep(-0.15 * opening, -0.45 * opening, y) * np.exp(-0.5 * (np.clip(-y - 0.5 * opening, 0, None) / 0.02) ** 2)
-        return upper, lower, opening
+        # Normalised so the middle of each lid moves by exactly the amplitude a shape asks for.
+        return np.clip(upper / upper[top], 0, 1), np.clip(lower / lower[bottom], 0, 1), opening
 
 
 def _smoothstep(edge0: np.ndarray | float, edge1: np.ndarray | float, x: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import numpy as np
 class OneEuroConfig:
     """Cutoffs in Hz; ``beta`` is unit-free (see the module docstring)."""
 
-    min_cutoff: float = 1.5
-    beta: float = 0.05
+    min_cutoff: float = 1.0
+    beta: float = 0.5
     derivative_cutoff: float = 1.0
 
 
