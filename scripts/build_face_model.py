@@ -14,7 +14,8 @@ What it does:
    by generalised Procrustes analysis (similarity transforms), averaged, made exactly
    left/right symmetric, and expressed in the head frame (x to the subject's left, y up, z
    towards the camera; origin at the centroid; unit = the distance between the cheek points
-   234 and 454).
+   234 and 454). Finally the lips are closed with the ``jawOpen`` jaw rotation (most of the
+   photos smile with parted lips), so ``jawOpen = 0`` means a closed mouth.
 
 Run: ``python scripts/build_face_model.py`` (needs only the project's dependencies and pip to
 fetch the insightface wheel; ``--images`` adds photos of your own).
@@ -51,13 +52,13 @@ LIPS_INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 
 def bundled_photos(extra: list[Path]) -> dict[str, np.ndarray]:
     """Real photos available offline from installed packages (plus ``extra``)."""
-    import matplotlib.cbook
+    import matplotlib
     import skimage.data
 
     photos = {
         "skimage/astronaut": skimage.data.astronaut(),
         "skimage/camera": load_image(skimage.data.camera()),
-        "matplotlib/grace_hopper": load_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg")),
+        "matplotlib/grace_hopper": load_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"),
     }
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "insightface==2.1"]
@@ -149,6 +150,17 @@ def normalise(shape: np.ndarray, perm: np.ndarray) -> np.ndarray:
     return shape / np.linalg.norm(shape[454] - shape[234])
 
 
+def close_mouth(shape: np.ndarray, perm: np.ndarray, regions: dict[str, np.ndarray], gap: float = 0.002) -> np.ndarray:
+    """Close the lips (most photos smile with parted lips) with the jaw rotation of ``jawOpen``."""
+    from mimaface.face3d.blendshapes import Anatomy, build_expression_basis
+
+    names, basis = build_expression_basis(Anatomy(shape, perm, regions))
+    jaw = basis[names.index("jawOpen")]
+    opening = shape[13, 1] - shape[14, 1]
+    per_unit = jaw[13, 1] - jaw[14, 1]
+    return shape + (gap - opening) / per_unit * jaw
+
+
 def regions(shape: np.ndarray) -> dict[str, np.ndarray]:
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
@@ -198,6 +210,7 @@ def main() -> None:
     perm = mirror_permutation(procrustes_mean(shapes))
     # Mirror images of the faces make the estimate symmetric in expectation; normalise() makes it exact.
     mean = normalise(procrustes_mean(shapes + [mirrored(s, perm) for s in shapes]), perm)
+    mean = close_mouth(mean, perm, regions(mean))
     triangles = orient_towards_camera(triangles_from_edges(set(fmc.FACEMESH_TESSELATION)), mean)
 
     residuals = []

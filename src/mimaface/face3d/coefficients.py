@@ -194,7 +194,10 @@ def motion_from_json(path_or_dict: str | os.PathLike | dict, model: FaceModel | 
     expression = np.zeros((num_frames, model.num_expressions))
     gaze = np.zeros((num_frames, 4))
     targets = (pose, expression, gaze)
-    smooth = spec.get("interpolation", "smooth") == "smooth"
+    interpolation = spec.get("interpolation", "smooth")
+    if interpolation not in ("smooth", "linear"):
+        raise InputError(f'{where}: "interpolation" must be "smooth" or "linear", not {interpolation!r}')
+    smooth = interpolation == "smooth"
     for key, points in keyframes.items():
         group, column = channels[key]
         times, values = (np.array(v) for v in zip(*sorted(dict(points).items())))

@@ -1,0 +1,86 @@
+"""Coefficient files (.npz) and hand-written MOTION.json."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import random_coefficients
+
+from mimaface.errors import InputError
+from mimaface.face3d.coefficients import MotionCoefficients, load_motion, motion_from_json
+
+
+def make_motion(model, frames=5):
+    truth = random_coefficients(model, frames)
+    return MotionCoefficients(truth["pose"], truth["expression"], truth["gaze"], truth["identity"],
+                              model.expression_names, model.identity_names, fps=30.0, image_size=(640, 480),
+                              landmarks=np.random.default_rng(0).uniform(0, 400, (frames, 478, 3)))
+
+
+def test_npz_round_trip(model, tmp_path):
+    motion = make_motion(model)
+    motion.save(tmp_path / "m.npz")
+    back = load_motion(tmp_path / "m.npz", model)
+    for key in ("pose", "expression", "gaze", "identity", "landmarks"):
+        np.testing.assert_allclose(getattr(back, key), getattr(motion, key), rtol=1e-6, atol=1e-4)
+    assert back.expression_names == model.expression_names
+    assert back.fps == 30.0 and back.image_size == (640, 480)
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.npz"]  # no temporary file left behind
+
+
+def test_npz_errors(model, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        make_motion(model).save(tmp_path / "missing" / "m.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a mimaface coefficient file"):
+        load_motion(tmp_path / "bad.npz", model)
+    with pytest.raises(InputError, match="unsupported motion file"):
+        load_motion(tmp_path / "x.txt", model)
+
+
+def test_json_keyframes_linear(model):
+    motion = motion_from_json({"fps": 10, "interpolation": "linear", "frames": [
+        {"frame": 0, "jawOpen": 0.0, "yaw": -10},
+        {"frame": 10, "jawOpen": 1.0, "yaw": 10, "gazeLeftX": 0.2},
+    ]}, model)
+    assert motion.num_frames == 11 and motion.fps == 10
+    jaw = motion.expression[:, model.expression_names.index("jawOpen")]
+    np.testing.assert_allclose(jaw, np.linspace(0, 1, 11))
+    np.testing.assert_allclose(motion.pose[:, 0], np.linspace(-10, 10, 11))
+    np.testing.assert_allclose(motion.gaze[:, 0], 0.2)  # a single keyframe holds its value
+    np.testing.assert_allclose(motion.pose[:, 5], 0.8)  # default scale
+    assert motion.expression[:, model.expression_names.index("mouthPucker")].max() == 0.0
+
+
+def test_json_smooth_has_no_overshoot_and_hits_keys(model, tmp_path):
+    spec = {"fps": 25, "num_frames": 40, "frames": [
+        {"time": 0.0, "mouthSmileLeft": 0.0}, {"time": 0.4, "mouthSmileLeft": 1.0},
+        {"time": 0.8, "mouthSmileLeft": 1.0}, {"time": 1.2, "mouthSmileLeft": 0.2}]}
+    path = tmp_path / "motion.json"
+    path.write_text(json.dumps(spec))
+    smile = load_motion(path, model).expression[:, model.expression_names.index("mouthSmileLeft")]
+    assert len(smile) == 40
+    assert smile[[0, 10, 20, 30]] == pytest.approx([0.0, 1.0, 1.0, 0.2])
+    assert smile.min() >= 0.0 and smile.max() <= 1.0
+    np.testing.assert_allclose(smile[10:21], 1.0)  # flat between equal keys: monotone cubic
+    assert 0.0 < smile[5] < 1.0
+
+
+def test_json_consecutive_frames_and_identity(model):
+    motion = motion_from_json({"identity": {"faceWidth": 1.5}, "frames": [{"roll": 5}, {"roll": 10}, {"roll": 0}]}, model)
+    np.testing.assert_allclose(motion.pose[:, 2], [5, 10, 0])
+    assert motion.identity[model.identity_names.index("faceWidth")] == 1.5
+
+
+def test_json_errors_name_the_problem(model, tmp_path):
+    with pytest.raises(InputError, match=r"unknown channel 'jawOpn'.*valid names: .*jawOpen"):
+        motion_from_json({"frames": [{"jawOpn": 1}]}, model)
+    with pytest.raises(InputError, match="unknown identity name"):
+        motion_from_json({"identity": {"noseSize": 1}, "frames": [{"yaw": 0}]}, model)
+    with pytest.raises(InputError, match="non-empty"):
+        motion_from_json({"frames": []}, model)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputError, match="invalid JSON"):
+        motion_from_json(tmp_path / "broken.json", model)
+    with pytest.raises(InputError, match="interpolation"):
+        motion_from_json({"interpolation": "cubic", "frames": [{"yaw": 0}]}, model)
