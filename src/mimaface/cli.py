@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -104,8 +106,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _native_logs_silenced():
+    """Send what native libraries (MediaPipe's TFLite/absl logging) write to fd 2 to /dev/null,
+    while Python's own stderr (progress bars, our error line, tracebacks) still reaches the user.
+    ``MIMAFACE_DEBUG=1`` keeps the native logs."""
+    if os.environ.get("MIMAFACE_DEBUG") or not hasattr(sys.stderr, "fileno"):
+        yield
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError):  # stderr is not a real file (e.g. captured by a test runner)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    python_stderr = sys.stderr
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _native_logs_silenced():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except MimafaceError as exc:

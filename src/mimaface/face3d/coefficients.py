@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from scipy.interpolate import PchipInterpolator
 from mimaface.errors import InputError
 from mimaface.face3d.model import GAZE_NAMES, FaceModel
 from mimaface.face3d.pose import POSE_NAMES
+from mimaface.media import atomic_output
 
 FORMAT_VERSION = 1
 DEFAULT_SCALE = 0.8
@@ -81,7 +81,6 @@ class MotionCoefficients:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``.npz`` atomically (a temporary file renamed into place)."""
-        path = Path(path)
         arrays = {
             "pose": self.pose.astype(np.float32),
             "expression": self.expression.astype(np.float32),
@@ -95,16 +94,8 @@ class MotionCoefficients:
         }
         if self.landmarks is not None:
             arrays["landmarks"] = self.landmarks.astype(np.float32)
-        if not path.parent.is_dir():
-            raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MotionCoefficients:

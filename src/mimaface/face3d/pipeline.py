@@ -41,12 +41,12 @@ def extract_motion(source: str | os.PathLike, config: ExtractConfig | None = Non
     if is_video_path(source):
         info = probe_video(source)
         tracked = track_faces(iter_video_frames(source), face_index=cfg.face_index,
-                              num_frames=info.num_frames, progress=progress)
+                              num_frames=info.num_frames, progress=progress, source=str(source))
         landmarks = fill_missing(tracked, cfg.max_gap, str(source))
         width, height, fps = info.width, info.height, info.fps
     else:
         image = load_image(source)
-        landmarks = detect_face(image, cfg.face_index).landmarks[None].astype(np.float64)
+        landmarks = detect_face(image, cfg.face_index, source=str(source)).landmarks[None].astype(np.float64)
         height, width = image.shape[:2]
         fps = 25.0
     fit = fitter.fit(landmarks, width, height, smooth=cfg.smooth, fps=fps)

@@ -1,0 +1,390 @@
+"""Image and video input/output for the whole project.
+
+* Every frame or image this module returns is RGB ``uint8`` with shape ``(H, W, 3)``.
+* Images are read with Pillow (EXIF orientation applied), falling back on imageio for formats
+  Pillow does not know. Grey images are expanded to RGB, 16-bit and float images are scaled
+  to 8 bits, and an alpha channel is **composited on white** (a cut-out portrait becomes a
+  face on a plain background rather than on whatever colour hides under the transparent pixels).
+* Videos go through the ffmpeg binary that ships with ``imageio-ffmpeg``, for reading
+  (``imageio_ffmpeg.read_frames``: streaming, frames decoded one at a time, each decoded frame
+  returned once even in variable-frame-rate files, rotation metadata applied) and for writing
+  (H.264 / yuv420p through libx264, run here directly so that ffmpeg's exit status is checked).
+  PyAV is not used.
+* yuv420p needs even frame sizes: an odd width or height is **padded** by one column or row on the
+  right or bottom, copying the edge pixels. Nothing is resized, so pixel coordinates in the video
+  are the same as in the frames given.
+* Writes are atomic: the data goes to a hidden temporary file in the destination folder that is
+  renamed (``os.replace``) over the final name only when complete, and deleted on any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from mimaface.errors import InputError
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
+                              ".wmv", ".flv", ".3gp", ".ts", ".mts", ".gif"})
+"""Read as videos. GIF is included: an animated GIF is a clip, and a still one reads as one frame."""
+
+VIDEO_OUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+IMAGE_OUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+DEFAULT_FPS = 25.0  # used when a video file does not state its frame rate
+
+
+# --------------------------------------------------------------------------------------- images
+
+
+def load_image(path_or_array) -> np.ndarray:
+    """Read an image file (or convert an array / PIL image) to RGB ``uint8`` ``(H, W, 3)``."""
+    if isinstance(path_or_array, np.ndarray):
+        return to_rgb8(path_or_array, "image array")
+    if hasattr(path_or_array, "mode") and hasattr(path_or_array, "size"):  # a PIL image
+        return _pil_to_rgb8(path_or_array, "image")
+    path = _existing_file(path_or_array)
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _pil_to_rgb8(im, str(path))
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        pil_error = err
+    try:  # formats Pillow does not read (e.g. 16-bit RGB TIFF)
+        import imageio.v3 as iio
+
+        return to_rgb8(np.asarray(iio.imread(path, index=0)), str(path))
+    except InputError:
+        raise
+    except Exception:
+        raise InputError(f"{path}: not a readable image ({_one_line(pil_error)})") from pil_error
+
+
+def to_rgb8(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Convert a grey ``(H, W)`` / ``(H, W, 1)``, grey+alpha, RGB or RGBA array of uint8, uint16,
+    bool, integer or float (0..1) values to RGB ``uint8``. Alpha is composited on white."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)):
+        raise InputError(f"{name}: unsupported image shape {a.shape} (expected H x W, H x W x 3 or H x W x 4)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name}: the image is empty ({a.shape[1]}x{a.shape[0]} pixels)")
+    a = _to_unit_or_uint8(a, name)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[2] in (2, 4):  # grey+alpha or RGBA: composite on white
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        alpha = a[:, :, -1:]
+        a = a[:, :, :-1] * alpha + (1.0 - alpha)
+    if a.dtype != np.uint8:
+        a = np.rint(a * 255.0).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+def _to_unit_or_uint8(a: np.ndarray, name: str) -> np.ndarray:
+    """uint8 stays uint8; everything else becomes float32 in [0, 1]."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if a.dtype.kind in "iu":
+        top = int(a.max()) if a.size else 0
+        if int(a.min()) < 0:
+            raise InputError(f"{name}: negative pixel values")
+        return a.astype(np.float32) / (255.0 if top <= 255 else 65535.0)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise InputError(f"{name}: the image contains NaN or infinite values")
+        return np.clip(a.astype(np.float32), 0.0, 1.0)
+    raise InputError(f"{name}: unsupported pixel type {a.dtype}")
+
+
+def _pil_to_rgb8(im, name: str) -> np.ndarray:
+    if im.width == 0 or im.height == 0:
+        raise InputError(f"{name}: the image is empty ({im.width}x{im.height} pixels)")
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if mode == "I" and (a.max() if a.size else 0) <= 255:
+            a = a.astype(np.uint8)
+        else:
+            a = a.astype(np.uint16) if mode != "I" else np.clip(a, 0, 65535).astype(np.uint16)
+        return to_rgb8(a, name)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        return to_rgb8(a if a.max() <= 1.0 else a / 255.0, name)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return to_rgb8(np.asarray(im.convert("RGBA")), name)
+    return to_rgb8(np.asarray(im.convert("RGB")), name)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an image atomically; the format follows the extension (.png, .jpg, .jpeg).
+
+    PNG keeps the alpha channel of an RGBA ``uint8`` array; otherwise the image is converted as by
+    :func:`to_rgb8`. JPEG is written at quality 95."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = IMAGE_OUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unsupported image format (use .png or .jpg)")
+    arr = np.asarray(image)
+    if not (fmt == "PNG" and arr.ndim == 3 and arr.shape[2] == 4 and arr.dtype == np.uint8):
+        arr = to_rgb8(arr)
+    try:
+        with atomic_output(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    except OSError as err:
+        raise InputError(f"{path}: could not write the image ({_one_line(err)})") from err
+
+
+# --------------------------------------------------------------------------------------- videos
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    """True if the file extension is a video format (see :data:`VIDEO_EXTENSIONS`); GIF counts."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    num_frames: int | None  # estimated from the container's duration x fps (for progress bars); None if unknown
+    width: int  # of the frames as decoded, after any rotation metadata is applied
+    height: int
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Frame rate, approximate frame count and frame size of a video file, without decoding it."""
+    path = _existing_file(path)
+    reader, info = _open_video(path)
+    reader.close()
+    return info
+
+
+def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Yield the frames of a video as RGB ``uint8`` arrays, one at a time.
+
+    An unreadable file raises :class:`InputError` at once; a video with no frames, or one that
+    breaks off mid-way, raises it from the iteration (naming the frame)."""
+    path = _existing_file(path)
+    reader, info = _open_video(path)
+    return _frames(reader, info, path)
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """All frames as one ``(T, H, W, 3)`` uint8 array, and the frame rate."""
+    path = _existing_file(path)
+    reader, info = _open_video(path)
+    frames = list(_frames(reader, info, path))
+    return np.stack(frames), info.fps
+
+
+class _RotationNotice(logging.Filter):
+    """imageio-ffmpeg warns whenever rotation metadata makes the decoded size differ from the stored one;
+    that is the intended result here (frames come upright), not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+def _open_video(path: Path):
+    import imageio_ffmpeg
+
+    ffmpeg_logger = logging.getLogger("imageio_ffmpeg")
+    if not any(isinstance(f, _RotationNotice) for f in ffmpeg_logger.filters):
+        ffmpeg_logger.addFilter(_RotationNotice())
+    # passthrough: every decoded frame exactly once (by default ffmpeg would duplicate or drop frames
+    # of variable-rate videos and GIFs to fit a constant rate, e.g. 10 copies of a still GIF)
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=["-nostdin"],
+                                        output_params=["-fps_mode", "passthrough"])
+    try:
+        meta = next(reader)
+    except Exception as err:  # ffmpeg could not open it, or found no video stream in it
+        reader.close()
+        raise InputError(f"{path}: not a readable video ({_ffmpeg_reason(err)})") from err
+    width, height = meta["size"]
+    fps = float(meta.get("fps") or 0.0)
+    if fps <= 0:
+        warnings.warn(f"{path}: the video does not state its frame rate; assuming {DEFAULT_FPS:g} fps", stacklevel=3)
+        fps = DEFAULT_FPS
+    duration = float(meta.get("duration") or 0.0)
+    num_frames = max(1, round(duration * fps)) if duration > 0 else None
+    return reader, VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
+
+
+def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
+    count = 0
+    try:
+        while True:
+            try:
+                data = next(reader)
+            except StopIteration:
+                break
+            except Exception as err:
+                raise InputError(f"{path}: could not decode frame {count} ({_ffmpeg_reason(err)})") from err
+            count += 1
+            yield np.frombuffer(data, np.uint8).reshape(info.height, info.width, 3).copy()
+    finally:
+        reader.close()  # stops ffmpeg when the consumer stops early
+    if count == 0:
+        raise InputError(f"{path}: the video has no frames")
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
+                crf: int = 18, preset: str = "medium") -> None:
+    """Encode frames as H.264 (libx264, yuv420p) in an MP4 (or .m4v/.mov) file, atomically.
+
+    ``frames`` may be any iterable (a generator is consumed once) of images accepted by
+    :func:`to_rgb8`, all of one size. ``crf``: libx264 constant rate factor, 0 (lossless) to 51
+    (worst); 18 is visually near-lossless. Odd sizes are padded to even (see the module notes).
+    If the iteration or the encoding fails, no file is left under ``path`` or beside it."""
+    path = Path(path)
+    container = VIDEO_OUT_FORMATS.get(path.suffix.lower())
+    if container is None:
+        raise InputError(f"{path}: unsupported video format (use .mp4)")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive, got {fps}")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in 0..51, got {crf}")
+    iterator = iter(frames)
+    with atomic_output(path) as tmp:
+        _encode(iterator, path, tmp, fps, container, crf, preset)
+
+
+def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: int, preset: str) -> None:
+    import imageio_ffmpeg
+
+    process = None
+    try:
+        first = next(iterator, None)
+        if first is None:
+            raise ValueError(f"{path}: no frames to write")
+        first = to_rgb8(first, f"{path}: frame 0")
+        height, width = first.shape[:2]
+        rate = Fraction(float(fps)).limit_denominator(1001)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + width % 2}x{height + height % 2}",
+               "-r", str(rate), "-i", "-", "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
+               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", container, str(tmp)]
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+            index, frame = 0, first
+            try:
+                while frame is not None:
+                    if frame.shape != first.shape:
+                        raise ValueError(f"{path}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+                                         f"frame 0 is {width}x{height}; all frames must have one size")
+                    if width % 2 or height % 2:
+                        frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+                    process.stdin.write(np.ascontiguousarray(frame).data)
+                    index += 1
+                    frame = next(iterator, None)
+                    if frame is not None:
+                        frame = to_rgb8(frame, f"{path}: frame {index}")
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # ffmpeg quit; its exit status and log say why
+            returncode = process.wait()
+            if returncode != 0:
+                log.seek(0)
+                reason = _one_line(log.read().decode("utf-8", "replace")) or f"ffmpeg exit status {returncode}"
+                raise InputError(f"{path}: could not write the video ({reason})")
+    except BaseException:
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        raise
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+
+def _existing_file(path) -> Path:
+    try:
+        path = Path(path)
+    except TypeError:
+        raise InputError(f"expected a file path, got {type(path).__name__}") from None
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path``; it becomes ``path`` (``os.replace``) only if
+    the ``with`` block succeeds, and is deleted otherwise, so no half-written file ever exists
+    under the final name."""
+    path = Path(path)
+    tmp = _create_temp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty hidden file beside ``path`` (same folder, so ``os.replace`` is atomic)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot write, folder {folder} does not exist")
+    tmp = folder / f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}"
+    try:
+        with open(tmp, "xb"):
+            pass
+    except OSError as err:
+        raise InputError(f"{path}: cannot write in folder {folder} ({err.strerror or err})") from err
+    return tmp
+
+
+def _one_line(text) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _ffmpeg_reason(err: Exception) -> str:
+    """The most telling line of an imageio-ffmpeg error (ffmpeg's own complaint when there is one)."""
+    text = str(err)
+    if "does not contain any stream" in text or isinstance(err, IndexError):
+        return "it contains no video stream"
+    if "=== stderr ===" in text:
+        stderr = text.split("=== stderr ===", 1)[1]
+        lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith(" ")]
+        for line in reversed(lines):
+            if not line.lower().startswith(("ffmpeg version", "built with", "configuration", "lib", "...")):
+                return line
+    return _one_line(text) or type(err).__name__
