@@ -11,7 +11,8 @@ How :func:`rasterize` works, with no Python loop over triangles or pixels:
    row. Each edge function is monotonic along a row, so where it changes sign is estimated and
    then settled exactly by evaluating it at the two candidate pixel centres around the estimate.
 3. *Pixels* (per covered triangle-pixel pair): the depth, packed with the triangle index into an
-   int64 key, and ``scatter_reduce(amax)`` into a z-buffer that covers the whole batch.
+   int64 key, and ``scatter_reduce(amax)`` into a z-buffer holding every image of the batch
+   (on the CPU a large batch is cut into passes of about half a million pixels).
 4. *Fragments* (per visible pixel): triangle index, barycentric coordinates and depth.
 
 Coverage is watertight: an edge shared by two triangles is evaluated bit-for-bit identically by
@@ -129,7 +130,8 @@ def _chunks(B: int, H: int, W: int, device: torch.device) -> list[tuple[int, int
     return [(start, min(B, start + step)) for start in range(0, B, step)] or [(0, 0)]
 
 
-def _triangle_setup(verts: torch.Tensor, faces: torch.Tensor, H: int, W: int):
+def _triangle_setup(verts: torch.Tensor, faces: torch.Tensor, H: int,
+                    W: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per (batch, triangle): the row-stage table (34, B*F), the barycentric table (12, B*F), the
     first row to visit and the number of rows (B*F,), zero for degenerate or non-finite triangles.
 
@@ -283,7 +285,7 @@ def _draw(key_buf: torch.Tensor, row_table: torch.Tensor, row_lo: torch.Tensor, 
     z = torch.addcmul(*torch.stack((z_first, z_step)).index_select(1, row_of_pair), k.float())
     # Key: a monotonic int32 image of the float depth (negative floats get their magnitude bits
     # flipped) above the triangle index. amax keeps the closest surface, ties going to the
-    # higher triangle index, in one pass over the whole batch.
+    # higher triangle index, for all the images of the pass at once.
     zi = z.view(torch.int32)
     zi = zi ^ ((zi >> 31) & 0x7FFFFFFF)
     key = (zi.long() << 32) | tri_id.index_select(0, row_of_pair)
