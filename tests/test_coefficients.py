@@ -7,7 +7,11 @@ import pytest
 from conftest import random_coefficients
 
 from mimaface.errors import InputError
-from mimaface.face3d.coefficients import MotionCoefficients, load_motion, motion_from_json
+from mimaface.face3d.coefficients import (
+    MotionCoefficients,
+    load_motion,
+    motion_from_json,
+)
 
 
 def make_motion(model, frames=5):

@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
+import skimage.data as skimage_data
 from PIL import Image
 
 from mimaface.errors import FaceNotFoundError, InputError
-from mimaface.face3d.landmarks import (NUM_LANDMARKS, LandmarkDetector, TrackResult, detect_face, fill_missing,
-                                       track_faces)
+from mimaface.face3d.landmarks import (
+    NUM_LANDMARKS,
+    LandmarkDetector,
+    TrackResult,
+    detect_face,
+    fill_missing,
+    track_faces,
+)
 from mimaface.media import iter_video_frames, write_video
-
-skimage_data = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,16 @@ import pytest
 from PIL import Image
 
 from mimaface.errors import InputError
-from mimaface.media import (iter_video_frames, is_video_path, load_image, probe_video, read_video, to_rgb8,
-                            write_image, write_video)
+from mimaface.media import (
+    is_video_path,
+    iter_video_frames,
+    load_image,
+    probe_video,
+    read_video,
+    to_rgb8,
+    write_image,
+    write_video,
+)
 
 
 def moving_frames(count=12, width=64, height=48):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from mimaface.face3d.render import Fragments, interpolate, overlay, rasterize, render_grey, vertex_normals
+from mimaface.face3d.render import (
+    Fragments,
+    interpolate,
+    overlay,
+    rasterize,
+    render_grey,
+    vertex_normals,
+)
 
 
 def pixel_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

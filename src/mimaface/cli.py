@@ -31,7 +31,13 @@ def _cmd_render(args: argparse.Namespace) -> None:
     from mimaface.face3d.coefficients import load_motion
     from mimaface.face3d.pipeline import render_motion
     from mimaface.face3d.render import overlay
-    from mimaface.media import is_video_path, iter_video_frames, load_image, write_image, write_video
+    from mimaface.media import (
+        is_video_path,
+        iter_video_frames,
+        load_image,
+        write_image,
+        write_video,
+    )
 
     out = Path(args.output)
     suffix = out.suffix.lower()

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mimaface.face3d.camera import pixels_to_normalized
 from mimaface.face3d.blendshapes import similarity_tangents
+from mimaface.face3d.camera import pixels_to_normalized
 from mimaface.face3d.model import NUM_VERTICES, FaceModel
 from mimaface.face3d.pose import similarity_to_pose, umeyama
 from mimaface.face3d.smoothing import OneEuroConfig, one_euro_filter

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mimaface.face3d.blendshapes import Anatomy, build_expression_basis, build_identity_basis
+from mimaface.face3d.blendshapes import (
+    Anatomy,
+    build_expression_basis,
+    build_identity_basis,
+)
 from mimaface.face3d.pose import apply_pose
 
 NUM_VERTICES = 468
