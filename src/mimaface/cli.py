@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("motion", help="COEFFS.npz or MOTION.json")
     p.add_argument("-o", "--output", required=True, help="OUT.mp4, or OUT.png for one frame")
     p.add_argument("--size", type=int, default=None, help="output height in pixels (default: the source's size)")
-    p.add_argument("--overlay", default=None, help="image or video to draw the render over (sets the size)")
+    p.add_argument("--overlay", default=None,
+                   help="image, or video (frame by frame; the output ends with the shorter), to draw the render over; sets the size")
     p.add_argument("--alpha", type=float, default=0.6, help="opacity of the render in --overlay (default 0.6)")
     p.add_argument("--frame", type=int, default=0, help="frame written to an image output (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
