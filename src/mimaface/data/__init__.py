@@ -1,0 +1,1 @@
+"""Talking-head data: the clip format, SynthTalk, real-video preprocessing, PyTorch datasets."""
