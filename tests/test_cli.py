@@ -20,7 +20,7 @@ def run(capsys, *args):
 
 def test_help_lists_every_subcommand():
     result = subprocess.run([sys.executable, "-m", "mimaface.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("extract", "render", "demo"):
+    for command in ("extract", "render", "synth", "preprocess", "sheets", "demo"):
         assert command in result.stdout
 
 

@@ -71,6 +71,40 @@ def _cmd_render(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from mimaface.synthtalk import SynthConfig, generate_dataset, make_contact_sheets
+
+    for name in ("identities", "clips_per_identity", "frames", "size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    config = SynthConfig(identities=args.identities, clips_per_identity=args.clips_per_identity, frames=args.frames,
+                         size=args.size, seed=args.seed, fps=args.fps, test_fraction=args.test_fraction,
+                         workers=args.workers)
+    counts = generate_dataset(args.output, config, progress=not args.quiet)
+    print(f"{args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not args.no_sheets:
+        for path in make_contact_sheets(args.output, Path(args.output) / "contact_sheets"):
+            print(f"wrote {path}")
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> None:
+    from mimaface.data.preprocess import PreprocessConfig, preprocess_videos
+
+    config = PreprocessConfig(size=args.size, crop_scale=args.crop_scale, max_clip_frames=args.max_clip_frames,
+                              min_clip_frames=args.min_clip_frames, workers=args.workers,
+                              identities_csv=args.identities_csv, test_fraction=args.test_fraction,
+                              retry_failed=args.retry_failed)
+    counts = preprocess_videos(args.video_dir, args.output, config, progress=not args.quiet)
+    print(f"{args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, (list, dict))))
+
+
+def _cmd_sheets(args: argparse.Namespace) -> None:
+    from mimaface.synthtalk import make_contact_sheets
+
+    for path in make_contact_sheets(args.data, args.output, identities=args.identities):
+        print(f"wrote {path}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
@@ -81,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimaface",
         description="MIMAFace face animation. Commands: extract (motion coefficients from an image or "
-                    "video), render (coefficients or MOTION.json to the I_R face render), demo (the "
-                    "main job on the bundled example).")
+                    "video), render (coefficients or MOTION.json to the I_R face render), synth (the SynthTalk "
+                    "data set), preprocess (real videos into the same format), sheets (contact sheets of a "
+                    "data set), demo (the main job on the bundled example).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('mimaface').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -105,6 +140,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, default=0, help="frame written to an image output (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("synth", help="generate SynthTalk, a synthetic talking-head data set with exact ground truth")
+    p.add_argument("-o", "--output", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--identities", type=int, default=100, help="number of identities (default 100)")
+    p.add_argument("--clips-per-identity", type=int, default=4, help="clips per identity (default 4)")
+    p.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
+    p.add_argument("--size", type=int, default=128, choices=(64, 128, 256, 512), help="frame size (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of identities held out (default 0.1)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-sheets", action="store_true", help="do not write contact sheets")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("preprocess", help="turn a folder of talking-head videos into a data set (SynthTalk's format)")
+    p.add_argument("video_dir", help="folder of videos; identity = sub-folder name unless --identities-csv")
+    p.add_argument("-o", "--output", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--size", type=int, default=256, help="side of the square crops (default 256)")
+    p.add_argument("--crop-scale", type=float, default=1.8, help="crop side / face extent (default 1.8)")
+    p.add_argument("--max-clip-frames", type=int, default=250, help="longer videos are cut into clips (default 250)")
+    p.add_argument("--min-clip-frames", type=int, default=16, help="shorter videos are skipped (default 16)")
+    p.add_argument("--identities-csv", default=None, help="CSV mapping video file -> identity")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="fraction of identities for the test split")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--retry-failed", action="store_true", help="try again videos that failed in an earlier run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("sheets", help="contact sheets (PNG grids) of a data set's identities and of one clip")
+    p.add_argument("data", help="a data set folder (from synth or preprocess)")
+    p.add_argument("-o", "--output", required=True, help="folder for the PNGs")
+    p.add_argument("--identities", type=int, default=16, help="identities on the identity sheet (default 16)")
+    p.set_defaults(func=_cmd_sheets)
 
     p = sub.add_parser("demo", help="the main job: extraction and rendering on the bundled example")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
