@@ -88,7 +88,7 @@ def write_clip(root: Path, split: str, identity: str, clip: str, frames: np.ndar
         np.save(tmp / "renders.npy", renders)
         motion.save(tmp / "motion.npz")
         meta = {"identity": identity, "clip": clip, "num_frames": t, "size": size, "fps": motion.fps} | (info or {})
-        (tmp / "clip.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "clip.json").write_text(json.dumps(meta))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
