@@ -10,6 +10,7 @@ from PIL import Image
 from skimage.draw import polygon
 
 from mimaface.data.clipstore import clip_exists, list_clips, read_dataset_info
+from mimaface.data.contact_sheets import make_contact_sheets
 from mimaface.errors import InputError
 from mimaface.face3d.blendshapes import ANTAGONISTS
 from mimaface.face3d.camera import normalized_to_pixels
@@ -18,7 +19,6 @@ from mimaface.face3d.render import render_grey
 from mimaface.synthtalk import (
     SynthConfig,
     generate_dataset,
-    make_contact_sheets,
     render_clip,
 )
 from mimaface.synthtalk.appearance import sample_identity

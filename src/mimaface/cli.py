@@ -72,7 +72,8 @@ def _cmd_render(args: argparse.Namespace) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from mimaface.synthtalk import SynthConfig, generate_dataset, make_contact_sheets
+    from mimaface.data.contact_sheets import make_contact_sheets
+    from mimaface.synthtalk import SynthConfig, generate_dataset
 
     for name in ("identities", "clips_per_identity", "frames", "size"):
         if getattr(args, name) < 1:
@@ -99,7 +100,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def _cmd_sheets(args: argparse.Namespace) -> None:
-    from mimaface.synthtalk import make_contact_sheets
+    from mimaface.data.contact_sheets import make_contact_sheets
 
     for path in make_contact_sheets(args.data, args.output, identities=args.identities):
         print(f"wrote {path}")

@@ -65,7 +65,8 @@ def run_demo(output: Path, progress: bool = True) -> None:
     talk.identity = motion.identity
     talk.image_size = motion.image_size
     talk.pose[:, 3:] = motion.pose[0, 3:]  # keep the portrait's placement and size
-    write_video(output / "motion_json_render.mp4", (im for im, _ in render_motion(talk, progress=progress)), talk.fps)
+    talk_frames = [image for image, _ in render_motion(talk, progress=progress)]
+    write_video(output / "motion_json_render.mp4", talk_frames, talk.fps)
 
     # 3. A video made from the photo (known rotation/shift/zoom): extract, compare, overlay.
     frames, truth = warped_clip(portrait)
@@ -79,7 +80,7 @@ def run_demo(output: Path, progress: bool = True) -> None:
     error = np.abs(roll_change - (truth["roll"] - truth["roll"][0]))
     print(f"video: {tracked.num_frames} frames; roll follows the known rotation within "
           f"{error.mean():.2f}° on average ({error.max():.2f}° at worst)")
-    _contact_sheet(output, portrait, render, mask, talk)
+    _contact_sheet(output, portrait, render, mask, talk_frames)
     print(f"outputs in {output}/")
 
 
@@ -88,11 +89,11 @@ def _top_blendshapes(weights: np.ndarray, names: tuple[str, ...], count: int = 3
     return ", ".join(f"{names[i]} {weights[i]:.2f}" for i in order)
 
 
-def _contact_sheet(output: Path, portrait: np.ndarray, render: np.ndarray, mask: np.ndarray, talk) -> None:
+def _contact_sheet(output: Path, portrait: np.ndarray, render: np.ndarray, mask: np.ndarray,
+                   talk_frames: list[np.ndarray]) -> None:
     """One PNG a person can glance at: photo | I_R | overlay, then frames of the MOTION.json render."""
     top = np.concatenate([portrait, render, overlay(portrait, render, mask)], 1)
-    picks = np.linspace(0, talk.num_frames - 1, 6).round().astype(int)
-    frames = list(render_motion(talk, progress=False))
-    strip = np.concatenate([frames[i][0] for i in picks], 1)
+    picks = np.linspace(0, len(talk_frames) - 1, 6).round().astype(int)
+    strip = np.concatenate([talk_frames[i] for i in picks], 1)
     strip = np.asarray(Image.fromarray(strip).resize((top.shape[1], round(strip.shape[0] * top.shape[1] / strip.shape[1]))))
     write_image(output / "summary.png", np.concatenate([top, strip], 0))

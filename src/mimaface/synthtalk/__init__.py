@@ -14,8 +14,7 @@ lids and eyes (:mod:`.motion`); frames are rendered with what the grey I_R rende
 from mimaface.synthtalk.generator import (
     SynthConfig,
     generate_dataset,
-    make_contact_sheets,
     render_clip,
 )
 
-__all__ = ["SynthConfig", "generate_dataset", "make_contact_sheets", "render_clip"]
+__all__ = ["SynthConfig", "generate_dataset", "render_clip"]
