@@ -509,11 +509,11 @@ def test_config_json_roundtrip():
         assert MIMAFaceConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="unknown"):
         MIMAFaceConfig.tiny(nonsense=1)
-    # the VAE config hook: the tiny VAE maps 64 px to 8x8 latents with the UNet's 4 channels
+    # the VAE config hook: the tiny VAE maps 64 px to 16x16 latents with the UNet's 4 channels
     config = MIMAFaceConfig.tiny()
     vae = AutoencoderKL(**config.vae)
     latents = vae.encode(torch.rand(1, 3, 64, 64)).latent_dist.mean
-    assert latents.shape == (1, config.latent_channels, 8, 8) and config.vae_scale_factor == 8
+    assert latents.shape == (1, config.latent_channels, 16, 16) and config.vae_scale_factor == 4
 
 
 # ----------------------------------------------------------------------------- loading and saving
@@ -570,7 +570,7 @@ def test_from_components_then_save_and_load(component_folders, tmp_path):
                        vision.embeddings.patch_embedding.weight)
     for mine, theirs in zip(model.motion_adapter.parameters(), c["adapter"].parameters()):
         assert torch.equal(mine, theirs)
-    assert model.config.vae["latent_channels"] == 4 and model.config.vae_scale_factor == 8
+    assert model.config.vae["latent_channels"] == 4 and model.config.vae_scale_factor == 4
 
     # AnimateDiff's original checkpoint file loads to the same weights
     from_file = MIMAFaceModel.from_components(root / "sd15", root / "clip", root / "mm_original.ckpt", config=c["config"])

@@ -106,6 +106,20 @@ def _cmd_sheets(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from mimaface.training.config import load_config
+    from mimaface.training.trainer import train
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data.root"), (args.vae, "model.vae"), (args.pretrained, "model.pretrained")):
+        if flag is not None:
+            overrides.append(f"{key}={Path(flag).resolve()}")
+    config = load_config(args.config, overrides)
+    command = "mimaface " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0] else None
+    train(config, args.stage, args.output, resume=args.resume, stop_after=args.stop_after, command=command,
+          progress=not args.quiet)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
@@ -118,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MIMAFace face animation. Commands: extract (motion coefficients from an image or "
                     "video), render (coefficients or MOTION.json to the I_R face render), synth (the SynthTalk "
                     "data set), preprocess (real videos into the same format), sheets (contact sheets of a "
-                    "data set), demo (the main job on the bundled example).")
+                    "data set), train (the latent codec, stage 1 and stage 2), demo (the main job on the bundled example).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('mimaface').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -176,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=int, default=16, help="identities on the identity sheet (default 16)")
     p.set_defaults(func=_cmd_sheets)
 
+    p = sub.add_parser("train", help="train the latent codec (--stage vae), stage 1 (images) or stage 2 (clips); "
+                                     "several processes: accelerate launch -m mimaface.train ...")
+    p.add_argument("--config", required=True, help="training config (configs/tiny.yaml, configs/sd15.yaml)")
+    p.add_argument("--stage", required=True, choices=("vae", "1", "2"), help="what to train")
+    p.add_argument("--output", required=True, help="run folder (checkpoints, logs, validation grids, final/)")
+    p.add_argument("--data", default=None, help="data set folder (sets data.root)")
+    p.add_argument("--vae", default=None, help="latent codec folder, e.g. RUN_VAE/final (sets model.vae)")
+    p.add_argument("--pretrained", default=None, help="stage 2: the stage-1 model, RUN_1/final (sets model.pretrained)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="checkpoint and leave after this many steps (continue later with --resume)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides with dotted names, e.g. stage1.steps=200 data.size=64")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("demo", help="the main job: extraction and rendering on the bundled example")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -214,7 +244,13 @@ def _native_logs_silenced():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides of `train` may stand anywhere among its options.
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     with _native_logs_silenced():
         return _run(args)
 

@@ -6,8 +6,8 @@ built from pretrained folders (:meth:`MIMAFaceModel.from_components`) the compon
 read from those folders; the dicts here are the real configs, used to build the same shapes
 without weights (tests, the meta device).
 
-``MIMAFaceConfig.tiny()`` has the same structure with widths a CPU can train (64-128 px data,
-4 latent channels at /8 through a tiny VAE whose config is :attr:`MIMAFaceConfig.vae`).
+``MIMAFaceConfig.tiny()`` has the same structure with widths a CPU can train (for
+64 px data, 4 latent channels at /4 through a tiny VAE whose config is :attr:`MIMAFaceConfig.vae`).
 
 Everything JSON-serialises (:meth:`MIMAFaceConfig.to_dict` / :meth:`MIMAFaceConfig.from_dict`),
 which is how ``save_pretrained`` stores it.
@@ -101,17 +101,18 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "attention_head_dim": 4,
 }
 
-#: A /8 VAE for 64-128 px data; the training issue trains it (and measures its ``scaling_factor``).
+#: A /4 VAE for 64 px data (16x16x4 latents, 12x fewer numbers than pixels; SD-1.5's is /8 at 512 px):
+#: ``mimaface train --stage vae`` trains it and sets its ``scaling_factor`` from the data.
 TINY_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 32, 64, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64, 64],
     "layers_per_block": 1,
     "latent_channels": 4,
     "norm_num_groups": 8,
-    "sample_size": 128,
+    "sample_size": 64,
     "scaling_factor": 1.0,
 }
 

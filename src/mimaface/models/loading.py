@@ -109,6 +109,27 @@ def load_unet(folder: Path, in_channels: tuple[int, ...], what: str, how: str,
     return unet
 
 
+VAE_HOW = ("a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors): SD-1.5's "
+           "'vae/' sub-folder, or for the tiny scale the folder `mimaface train --stage vae` writes (RUN_DIR/final)")
+
+
+def load_vae(folder: Path, what: str = "VAE", how: str = VAE_HOW, dtype: torch.dtype | None = None) -> Any:
+    """A diffusers ``AutoencoderKL`` (the latent codec)."""
+    from diffusers import AutoencoderKL
+
+    config = read_config(folder, what, how)
+    kind = _kind(config)
+    if kind != "AutoencoderKL":
+        raise ModelLoadError(f"{what} folder '{folder}' holds {kind}, not an AutoencoderKL; expected {how}")
+    try:
+        vae, info = AutoencoderKL.from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                                  torch_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 -- whatever diffusers raises becomes one clear line
+        raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None
+    _check_info(info, folder, what, how)
+    return vae
+
+
 def load_clip_vision(folder: Path, what: str = "CLIP vision encoder", how: str = CLIP_HOW,
                      dtype: torch.dtype | None = None) -> Any:
     """A transformers ``CLIPVisionModel`` from a CLIP or CLIP-vision folder."""

@@ -1,0 +1,8 @@
+"""``python -m mimaface.train`` = ``mimaface train``, the entry point for ``accelerate launch -m mimaface.train``."""
+
+import sys
+
+from mimaface.training.trainer import main
+
+if __name__ == "__main__":
+    sys.exit(main())
