@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench face-model
+.PHONY: install demo test bench face-model tiny-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_face3d.py
 	$(PY) benchmarks/bench_render.py
+	$(PY) benchmarks/bench_train_step.py
 
 face-model: $(STAMP)
 	$(PY) scripts/build_face_model.py
+
+# The bundled tiny model, from scratch (SynthTalk -> VAE -> stage 1 -> stage 2 -> src/mimaface/assets/tiny_model).
+# About 90 minutes on 2 CPU cores; re-running resumes what is done.
+TRAIN := $(VENV)/bin/mimaface train --config configs/tiny.yaml --data runs/synthtalk64
+tiny-model: $(STAMP)
+	$(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
+	test -d runs/tiny-vae/final || $(TRAIN) --stage vae --output runs/tiny-vae $(if $(wildcard runs/tiny-vae/checkpoints),--resume)
+	test -d runs/tiny-1/final || $(TRAIN) --stage 1 --vae runs/tiny-vae/final --output runs/tiny-1 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-1/checkpoints),--resume)
+	test -d runs/tiny-2/final || $(TRAIN) --stage 2 --pretrained runs/tiny-1/final --output runs/tiny-2 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-2/checkpoints),--resume)
+	$(PY) scripts/export_tiny_model.py --runs runs

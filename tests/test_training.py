@@ -92,10 +92,12 @@ def test_sampler_shards_and_resumes():
 def test_vae_stage_trains_and_sets_scaling_factor(data, tmp_path):
     out = tmp_path / "vae"
     assert run("--stage", "vae", "--data", str(data), "--output", str(out), "vae.steps=6", "vae.learning_rate=1e-3",
-               *FAST) == 0
+               "vae.gradient_accumulation=2", *FAST) == 0
     vae = AutoencoderKL.from_pretrained(out / "final")
     assert vae.config.scaling_factor != 1.0  # measured from the data: 1 / std of the latents
-    history = json.loads((out / "checkpoints" / "checkpoint-000006" / "trainer_state.json").read_text())["history"]
+    state = json.loads((out / "checkpoints" / "checkpoint-000006" / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"] * 18 + state["batch"]) == (6, 12)  # 2 micro-batches a step, 18 an epoch
+    history = state["history"]
     assert len(history["l1"]) == 6 and history["l1"][-1][1] < history["l1"][0][1]
     assert (out / "validation" / "step-000006.png").is_file() and (out / "loss_curve.png").is_file()
     assert any((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard

@@ -77,6 +77,9 @@ class Task:
 class VAETask(Task):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        if self.config.model.scale == "sd15":
+            raise InputError("the sd15 scale uses SD-1.5's own VAE (model.sd15_dir/vae); --stage vae trains the tiny "
+                             "scale's codec")
         model_config = _model_config(self.config)
         if model_config.vae is None:
             raise InputError("this model config has no VAE to train")
