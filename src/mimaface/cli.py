@@ -120,6 +120,27 @@ def _cmd_train(args: argparse.Namespace) -> None:
           progress=not args.quiet)
 
 
+def _cmd_animate(args: argparse.Namespace) -> None:
+    from mimaface.pipelines.animate import AnimateOptions, animate
+    from mimaface.pipelines.retarget import RetargetConfig
+
+    options = AnimateOptions(
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
+        clip_length=args.clip_length, overlap=args.overlap, use_ica=not args.no_ica,
+        retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=args.pose_scale,
+                                expression_multiplier=args.expression_scale, gaze_multiplier=args.gaze_scale,
+                                keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
+        face_index=args.face_index, driving_face_index=args.driving_face_index, max_gap=args.max_gap,
+        paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps)
+    for name in ("steps", "clip_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
+                     progress=not args.quiet)
+    print(f"wrote {args.output}: {len(result.frames)} frame(s) in {len(result.clip_starts)} clip(s)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
@@ -132,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MIMAFace face animation. Commands: extract (motion coefficients from an image or "
                     "video), render (coefficients or MOTION.json to the I_R face render), synth (the SynthTalk "
                     "data set), preprocess (real videos into the same format), sheets (contact sheets of a "
-                    "data set), train (the latent codec, stage 1 and stage 2), demo (the main job on the bundled example).")
+                    "data set), train (the latent codec, stage 1 and stage 2), animate (a portrait driven by a video, image or motion file), demo (the main job on the bundled example).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('mimaface').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -205,6 +226,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides with dotted names, e.g. stage1.steps=200 data.size=64")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("animate", help="animate a portrait with a driving video, image, coefficients or MOTION.json")
+    p.add_argument("--source", required=True, help="the portrait (image)")
+    p.add_argument("--driving", required=True, help="VIDEO, IMAGE, COEFFS.npz or MOTION.json")
+    p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or OUT.png for a single driving image)")
+    p.add_argument("--checkpoint", default=None, help="a trained model folder (RUN_DIR/final); default: the bundled tiny model")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scheduler", choices=("ddim", "euler", "dpm++"), default=None, help="sampler (default ddim)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--relative", action="store_true", help="transfer motion relative to the driving's first frame (default)")
+    mode.add_argument("--absolute", action="store_true", help="use the driving coefficients as they are")
+    p.add_argument("--pose-scale", type=float, default=1.0, help="multiplier of the head motion (default 1)")
+    p.add_argument("--expression-scale", type=float, default=1.0, help="multiplier of the expression motion (default 1)")
+    p.add_argument("--gaze-scale", type=float, default=1.0, help="multiplier of the gaze motion (default 1)")
+    p.add_argument("--keep-pose", action="store_true", help="keep the source's head pose")
+    p.add_argument("--keep-gaze", action="store_true", help="keep the source's gaze")
+    p.add_argument("--clip-length", type=int, default=None, help="frames per clip F (default: as trained)")
+    p.add_argument("--overlap", type=int, default=None, help="ICA frames k carried from clip to clip (default: as trained)")
+    p.add_argument("--no-ica", action="store_true", help="generate clips independently (the ablation)")
+    p.add_argument("--face-index", type=int, default=None, help="which face of the source: 0 = largest (default)")
+    p.add_argument("--driving-face-index", type=int, default=None, help="which face of the driving video")
+    p.add_argument("--max-gap", type=int, default=12, help="longest faceless run of driving frames to interpolate")
+    p.add_argument("--crop", action="store_true", help="write the generated crop instead of pasting it back")
+    p.add_argument("--side-by-side", default=None, metavar="SBS.mp4", help="also write source | driving | I_R | result")
+    p.add_argument("--frames-dir", default=None, help="also write PNG frames here")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the driving's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_animate)
 
     p = sub.add_parser("demo", help="the main job: extraction and rendering on the bundled example")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")

@@ -255,13 +255,14 @@ def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
-                crf: int = 18, preset: str = "medium") -> None:
+                crf: int = 18, preset: str = "medium", audio_from: str | os.PathLike | None = None) -> None:
     """Encode frames as H.264 (libx264, yuv420p) in an MP4 (or .m4v/.mov) file, atomically.
 
     ``frames`` may be any iterable (a generator is consumed once) of images accepted by
     :func:`to_rgb8`, all of one size. ``crf``: libx264 constant rate factor, 0 (lossless) to 51
     (worst); 18 is visually near-lossless. Odd sizes are padded to even (see the module notes).
-    If the iteration or the encoding fails, no file is left under ``path`` or beside it."""
+    If the iteration or the encoding fails, no file is left under ``path`` or beside it.
+    ``audio_from``: a media file whose audio track (if it has one) is muxed in (AAC), cut to the video."""
     path = Path(path)
     container = VIDEO_OUT_FORMATS.get(path.suffix.lower())
     if container is None:
@@ -271,11 +272,13 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     if not 0 <= crf <= 51:
         raise ValueError(f"crf must be in 0..51, got {crf}")
     iterator = iter(frames)
+    audio = None if audio_from is None else _existing_file(audio_from)
     with atomic_output(path) as tmp:
-        _encode(iterator, path, tmp, fps, container, crf, preset)
+        _encode(iterator, path, tmp, fps, container, crf, preset, audio)
 
 
-def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: int, preset: str) -> None:
+def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: int, preset: str,
+            audio: Path | None = None) -> None:
     import imageio_ffmpeg
 
     process = None
@@ -288,8 +291,13 @@ def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: in
         rate = Fraction(float(fps)).limit_denominator(1001)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + width % 2}x{height + height % 2}",
-               "-r", str(rate), "-i", "-", "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
-               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", container, str(tmp)]
+               "-r", str(rate), "-i", "-"]
+        if audio is None:
+            cmd += ["-an"]
+        else:  # "1:a:0?": the audio track when there is one; -shortest cuts it to the video
+            cmd += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-shortest"]
+        cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart", "-f", container, str(tmp)]
         with tempfile.TemporaryFile() as log:
             process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
             index, frame = 0, first
@@ -326,6 +334,15 @@ def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: in
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+def has_audio(path: str | os.PathLike) -> bool:
+    """Whether a media file has an audio stream."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(_existing_file(path))],
+                            capture_output=True, text=True)
+    return any("Audio:" in line for line in result.stderr.splitlines() if "Stream #" in line)
 
 
 def _existing_file(path) -> Path:

@@ -63,16 +63,21 @@ def read_config(folder: Path, what: str, how: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers logs a table of every unused key (a whole CLIPModel's text tower); we check keys ourselves."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers while loading/saving: it logs a table of every unused key (a whole CLIPModel's
+    text tower; we check keys ourselves) and shows a progress bar per model."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per tiny model is noise
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _check_info(info: dict[str, Any], folder: Path, what: str, how: str, allow_missing: tuple[str, ...] = ()) -> None:
@@ -143,7 +148,7 @@ def load_clip_vision(folder: Path, what: str = "CLIP vision encoder", how: str =
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = CLIPVisionModel.from_pretrained(folder, **kwargs)
     except Exception as exc:  # noqa: BLE001 -- any library error becomes one clear line
         raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None

@@ -312,7 +312,8 @@ class MIMAFaceModel(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(d / "unet")
-        self.clip.save_pretrained(d / "appearance_encoder")
+        with loading.quiet_transformers():
+            self.clip.save_pretrained(d / "appearance_encoder")
         if self.motion_adapter is not None:
             self.motion_adapter.save_pretrained(d / "motion_adapter")
         loading.save_module(self.mia, d / "mia", {"mia": self.config.to_dict()["mia"],

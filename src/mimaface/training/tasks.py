@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,11 @@ class _DenoisingTask(Task):
         model.save_pretrained(directory)
         self.vae.save_pretrained(directory / "vae")
         self.noise_scheduler.save_pretrained(directory / "scheduler")
+        # What inference needs to know of training: the crop size and (stage 2) the clip length F.
+        settings = {"image_size": self.dataset.size}
+        if isinstance(self.dataset, ClipDataset):
+            settings["clip_length"] = self.dataset.num_frames
+        (directory / "pipeline_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         if self.model.identity is None:

@@ -1,0 +1,64 @@
+"""Driving motion -> the motion to render for the source (its face shape, its crop frame).
+
+``relative`` (the default, as FOMM and LivePortrait do for cross-identity): each frame's change
+from the driving's first frame is added to the source's own coefficients, so the source keeps its
+pose, framing and resting expression and only the *motion* transfers. Translation moves in units
+of the face's size and scale changes by the same ratio. ``absolute``: the driving coefficients
+as they are (pose in the normalised image frame: origin at the centre, unit = half the height).
+Both render with the source's identity (face shape). Per-group multipliers scale the motion;
+``keep_pose`` / ``keep_gaze`` hold the source's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from mimaface.errors import InputError
+from mimaface.face3d.coefficients import MotionCoefficients
+
+
+@dataclass
+class RetargetConfig:
+    mode: Literal["relative", "absolute"] = "relative"
+    pose_multiplier: float = 1.0
+    expression_multiplier: float = 1.0
+    gaze_multiplier: float = 1.0
+    keep_pose: bool = False
+    keep_gaze: bool = False
+
+
+def retarget(source: MotionCoefficients, driving: MotionCoefficients, config: RetargetConfig | None = None) -> MotionCoefficients:
+    """Per-frame coefficients for the source: ``driving.num_frames`` frames, the source's identity and frame."""
+    cfg = config or RetargetConfig()
+    if cfg.mode not in ("relative", "absolute"):
+        raise InputError(f"mode must be 'relative' or 'absolute', got {cfg.mode!r}")
+    if source.expression_names != driving.expression_names:
+        raise InputError("the source and driving coefficients come from different face models")
+    n = driving.num_frames
+    src_pose, src_expr, src_gaze = source.pose[0], source.expression[0], source.gaze[0]
+    mp, me, mg = cfg.pose_multiplier, cfg.expression_multiplier, cfg.gaze_multiplier
+    if cfg.mode == "relative":
+        d_pose = driving.pose - driving.pose[:1]
+        pose = np.empty((n, 6))
+        pose[:, :3] = src_pose[:3] + mp * d_pose[:, :3]
+        # translation in face sizes of the driving, applied in face sizes of the source
+        pose[:, 3:5] = src_pose[3:5] + mp * d_pose[:, 3:5] * (src_pose[5] / driving.pose[0, 5])
+        pose[:, 5] = src_pose[5] * (driving.pose[:, 5] / driving.pose[0, 5]) ** mp
+        expression = src_expr + me * (driving.expression - driving.expression[:1])
+        gaze = src_gaze + mg * (driving.gaze - driving.gaze[:1])
+    else:
+        pose = driving.pose.copy()
+        pose[:, :3] *= mp
+        expression = me * driving.expression
+        gaze = mg * driving.gaze
+    if cfg.keep_pose:
+        pose = np.repeat(src_pose[None], n, 0)
+    if cfg.keep_gaze:
+        gaze = np.repeat(src_gaze[None], n, 0)
+    return dataclasses.replace(driving, pose=pose, expression=np.clip(expression, 0.0, 1.0), gaze=gaze,
+                               identity=source.identity.copy(), image_size=source.image_size, landmarks=None,
+                               identity_names=source.identity_names)
