@@ -3,7 +3,8 @@
 ``python scripts/export_tiny_model.py --runs runs`` takes ``runs/tiny-vae``, ``runs/tiny-1`` and
 ``runs/tiny-2`` (what ``make tiny-model`` trains), copies ``runs/tiny-2/final`` to
 ``src/mimaface/assets/tiny_model`` with ``training.json`` (commands, data recipe, summaries of
-the three runs, machine), and the loss curves and last validation grids to ``docs/training/``.
+the three runs, machine), and the loss curves, last validation grids and a reenactment matrix
+(held-out sources x held-out driving frames) to ``docs/training/``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"vae": "tiny-vae", "stage1": "tiny-1", "stage2": "tiny-2"}
+
+
+def reenactment_matrix(runs: Path, data: Path, path: Path) -> None:
+    """Held-out sources x held-out driving frames with the final stage-1 model (EMA weights)."""
+    from mimaface.models import MIMAFaceModel
+    from mimaface.training.config import load_config
+    from mimaface.training.tasks import ImageTask
+
+    torch.set_num_threads(1)
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"model.vae={runs / 'tiny-vae' / 'final'}",
+                                                          "data.cache_latents=false"])
+    task = ImageTask(config, config.stage1, runs / "tiny-1", torch.device("cpu"), False)
+    task.reenactment_matrix(MIMAFaceModel.from_pretrained(runs / "tiny-1" / "final"), path)
 
 
 def main() -> None:
@@ -44,6 +58,7 @@ def main() -> None:
         shutil.copyfile(grids[-1], args.docs / f"{stage}_validation.png")
         if len(grids) > 1 and stage == "stage1":
             shutil.copyfile(grids[0], args.docs / f"{stage}_validation_first.png")
+    reenactment_matrix(args.runs, data, args.docs / "stage1_matrix.png")
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.copytree(args.runs / STAGES["stage2"] / "final", args.out)
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")

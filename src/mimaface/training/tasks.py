@@ -252,46 +252,72 @@ class ImageTask(_DenoisingTask):
 
     @torch.no_grad()
     def validate(self, module: nn.Module, path: Path) -> None:
-        """Rows alternate same-identity (the driving frame is the ground truth) and cross-identity
-        reenactment (I_R re-rendered with the source's face shape)."""
+        """Two figures on held-out identities. ``path``: rows alternate same-identity (the driving frame is
+        the ground truth) and cross-identity reenactment, columns source | driving | I_R | generated.
+        ``path``-matrix.png: every source (rows) driven by every driving frame (columns); the diagonal
+        is same-identity, and appearance should follow the row while pose and expression follow the column."""
         model: MIMAFaceModel = module.model
-        test = self.test
-        by_identity: dict[int, int] = {}
-        for c in range(len(test.clips)):
-            by_identity.setdefault(int(test.clip_identity[c]), c)
-        clips = list(by_identity.values())
-        n = min(self.config.data.validation_samples, len(clips))
-        rows, labels = [], []
         was_training = model.training
         model.eval()
+        try:
+            self._validation_rows(model, path)
+            self.reenactment_matrix(model, path.with_name(f"{path.stem}-matrix.png"))
+        finally:
+            model.train(was_training)
+
+    def _held_out_clips(self) -> list[int]:
+        """One clip (the first) of each held-out identity."""
+        by_identity: dict[int, int] = {}
+        for c in range(len(self.test.clips)):
+            by_identity.setdefault(int(self.test.clip_identity[c]), c)
+        return list(by_identity.values())
+
+    def _generate(self, model: MIMAFaceModel, source_clip: int, driving_clip: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """(I_R with the source's face shape, generated image) for one driving frame; uint8 (S, S) and (S, S, 3)."""
+        test = self.test
+        frames, _ = test._clip_arrays(source_clip)
+        driving = test.motion(driving_clip)
+        if source_clip == driving_clip:
+            render = np.array(test._clip_arrays(driving_clip)[1][frame : frame + 1])
+        else:
+            render = _render_with_identity(test.clips[driving_clip].motion(), [frame],
+                                           test.clips[source_clip].motion().identity, test.size)
+        source = torch.from_numpy(np.array(frames[0])).permute(2, 0, 1).float().div(255).unsqueeze(0)
+        coeffs = [torch.from_numpy(driving[k][frame : frame + 1]).to(self.device) for k in ("pose", "expression", "gaze")]
+        condition = model.encode_appearance(source.to(self.device), *coeffs).condition
         generator = torch.Generator().manual_seed(self.config.seed)
-        for i in range(n):
-            source_clip = clips[i]
+        latents = denoise(model, self._sampler(), self._encode_renders(render), condition, generator=generator,
+                          num_inference_steps=self.config.validation_inference_steps,
+                          guidance_scale=self.config.validation_guidance_scale)
+        return render[0], to_uint8(self._decode(latents)[0])
+
+    def _validation_rows(self, model: MIMAFaceModel, path: Path) -> None:
+        clips = self._held_out_clips()
+        rows, labels = [], []
+        for i in range(min(self.config.data.validation_samples, len(clips))):
             cross = i % 2 == 1 and len(clips) > 1
-            driving_clip = clips[(i + 1) % len(clips)] if cross else source_clip
-            frames, _ = test._clip_arrays(source_clip)
-            t = int(test.lengths[driving_clip]) // 2
-            driving_frames, driving_renders = test._clip_arrays(driving_clip)
-            driving = test.motion(driving_clip)
-            if cross:
-                render = _render_with_identity(test.clips[driving_clip].motion(), [t],
-                                               test.clips[source_clip].motion().identity, test.size)
-            else:
-                render = np.array(driving_renders[t : t + 1])
-            source = torch.from_numpy(np.array(frames[0])).permute(2, 0, 1).float().div(255).unsqueeze(0)
-            coeffs = [torch.from_numpy(driving[k][t : t + 1]).to(self.device) for k in ("pose", "expression", "gaze")]
-            condition = model.encode_appearance(source.to(self.device), *coeffs).condition
-            render_latents = self._encode_renders(render)
-            latents = denoise(model, self._sampler(), render_latents, condition,
-                              num_inference_steps=self.config.validation_inference_steps,
-                              guidance_scale=self.config.validation_guidance_scale, generator=generator)
-            generated = self._decode(latents)[0]
-            rows.append([to_uint8(source[0] * 2 - 1), np.array(driving_frames[t]), np.repeat(render[0][..., None], 3, -1),
-                         to_uint8(generated)])
+            source_clip, driving_clip = clips[i], clips[(i + 1) % len(clips)] if cross else clips[i]
+            t = int(self.test.lengths[driving_clip]) // 2
+            render, generated = self._generate(model, source_clip, driving_clip, t)
+            rows.append([np.array(self.test._clip_arrays(source_clip)[0][0]),
+                         np.array(self.test._clip_arrays(driving_clip)[0][t]), np.repeat(render[..., None], 3, -1),
+                         generated])
             labels.append("cross-identity" if cross else "same identity")
-        model.train(was_training)
         image_grid(rows, path, column_labels=["source", "driving", "I_R", "generated"], row_labels=labels,
                    title="held-out identities")
+
+    def reenactment_matrix(self, model: MIMAFaceModel, path: Path) -> None:
+        clips = self._held_out_clips()[: self.config.data.validation_samples]
+        t = {c: int(self.test.lengths[c]) // 2 for c in clips}
+        header = [np.full((self.test.size, self.test.size, 3), 255, np.uint8)]
+        header += [np.array(self.test._clip_arrays(c)[0][t[c]]) for c in clips]
+        rows = [header]
+        for source_clip in clips:
+            rows.append([np.array(self.test._clip_arrays(source_clip)[0][0])]
+                        + [self._generate(model, source_clip, d, t[d])[1] for d in clips])
+        image_grid(rows, path, row_labels=["driving"] + [f"source {i + 1}" for i in range(len(clips))],
+                   column_labels=["source"] + [f"driving {i + 1}" for i in range(len(clips))],
+                   title="held-out identities: row = source, column = driving (diagonal: same identity)")
 
 
 class VideoTask(_DenoisingTask):
