@@ -1,0 +1,173 @@
+"""Inference machinery on a random-weight model: clip scheduling, frame counts, retargeting,
+compositing, the animate command and its errors. (What the trained model achieves is measured
+with the bundled model.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from mimaface.cli import main as cli_main
+from mimaface.demo import asset_path
+from mimaface.face3d.coefficients import MotionCoefficients, load_motion
+from mimaface.face3d.model import FaceModel
+from mimaface.media import has_audio, probe_video
+from mimaface.models import MIMAFaceConfig, MIMAFaceModel
+from mimaface.models.config import TINY_VAE_CONFIG
+from mimaface.pipelines.compositing import colour_transfer, paste_back
+from mimaface.pipelines.pipeline import MIMAFacePipeline, clip_windows
+from mimaface.pipelines.retarget import RetargetConfig, retarget
+from mimaface.training.tasks import SD15_NOISE_SCHEDULE
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-weight model folder in the layout training writes."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "final"
+    MIMAFaceModel(MIMAFaceConfig.tiny()).save_pretrained(folder)
+    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(folder / "vae")
+    DDPMScheduler(**SD15_NOISE_SCHEDULE).save_pretrained(folder / "scheduler")
+    (folder / "pipeline_config.json").write_text(json.dumps({"image_size": 64, "clip_length": 6}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(checkpoint):
+    torch.set_num_threads(1)
+    return MIMAFacePipeline.from_pretrained(checkpoint)
+
+
+def motion_of(n: int, seed: int = 0) -> MotionCoefficients:
+    face = FaceModel.load()
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((n, 6))
+    pose[:, 0] = np.linspace(-15, 15, n)
+    pose[:, 5] = 0.8
+    return MotionCoefficients(pose, rng.uniform(0, 0.3, (n, face.num_expressions)), np.zeros((n, 4)),
+                              np.zeros(face.num_identities), face.expression_names, face.identity_names,
+                              image_size=(64, 64))
+
+
+def test_clip_windows_cover_every_frame():
+    for n in (1, 5, 6, 7, 13, 40):
+        for f, k in ((6, 0), (6, 1), (8, 2)):
+            windows = clip_windows(n, f, k)
+            new = [i for c, (start, first) in enumerate(windows)
+                   for i in range(first, min(start + f, n))]
+            assert new == list(range(n))  # each frame generated exactly once, in order
+            assert all(first - start == (k if c else 0) for c, (start, first) in enumerate(windows))
+    with pytest.raises(Exception, match="overlap"):
+        clip_windows(10, 4, 4)
+
+
+@pytest.mark.parametrize("n,use_ica", [(13, True), (13, False), (1, True), (4, True)])
+def test_n_frames_in_n_frames_out(pipeline, n, use_ica):
+    crop = np.full((64, 64, 3), 128, np.uint8)
+    out = pipeline(crop, motion_of(n), num_inference_steps=2, use_ica=use_ica, progress=False)
+    assert out.frames.shape == (n, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert out.renders.shape == (n, 64, 64) and (out.renders > 0).any()
+    # F = 6 from pipeline_config.json, k = max(1, floor(6 / 4)) = 1 with ICA
+    assert out.clip_starts == [first for _, first in clip_windows(n, 6, 1 if use_ica else 0)][: len(out.clip_starts)]
+
+
+def test_pipeline_is_seeded_and_schedulers_work(pipeline):
+    crop = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    motion = motion_of(3)
+    a = pipeline(crop, motion, num_inference_steps=2, seed=5, progress=False).frames
+    b = pipeline(crop, motion, num_inference_steps=2, seed=5, progress=False).frames
+    c = pipeline(crop, motion, num_inference_steps=2, seed=6, progress=False).frames
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    for name in ("euler", "dpm++"):
+        assert pipeline(crop, motion, num_inference_steps=2, scheduler=name, progress=False).frames.shape == a.shape
+    with pytest.raises(Exception, match="unknown scheduler"):
+        pipeline(crop, motion, scheduler="nope", progress=False)
+    with pytest.raises(Exception, match=r"\(64, 64, 3\) uint8"):
+        pipeline(crop[:32], motion, progress=False)
+
+
+def test_retarget_relative_absolute_and_options():
+    source = dataclasses.replace(motion_of(1, seed=1), identity=np.full(FaceModel.load().num_identities, 0.5))
+    source.pose[0] = [5, -3, 2, 0.1, -0.05, 0.9]
+    driving = motion_of(5, seed=2)
+    driving.pose[:, 5] = np.linspace(0.8, 1.0, 5)
+    rel = retarget(source, driving)
+    assert np.allclose(rel.pose[0], source.pose[0]) and np.allclose(rel.expression[0], source.expression[0])
+    assert np.allclose(rel.pose[:, 0] - rel.pose[0, 0], driving.pose[:, 0] - driving.pose[0, 0])
+    assert np.allclose(rel.pose[:, 5] / rel.pose[0, 5], driving.pose[:, 5] / driving.pose[0, 5])
+    assert np.array_equal(rel.identity, source.identity) and rel.num_frames == 5
+    assert rel.expression.min() >= 0 and rel.expression.max() <= 1
+    half = retarget(source, driving, RetargetConfig(pose_multiplier=0.5))
+    assert np.allclose(half.pose[:, 0] - half.pose[0, 0], 0.5 * (driving.pose[:, 0] - driving.pose[0, 0]))
+    absolute = retarget(source, driving, RetargetConfig(mode="absolute"))
+    assert np.allclose(absolute.pose, driving.pose) and np.allclose(absolute.expression, driving.expression)
+    kept = retarget(source, driving, RetargetConfig(keep_pose=True, keep_gaze=True))
+    assert np.allclose(kept.pose, source.pose[0]) and np.allclose(kept.gaze, source.gaze[0])
+
+
+def test_paste_back_and_colour_transfer():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    crop = np.full((32, 32, 3), 200, np.uint8)
+    out = paste_back(image, crop, np.array([60.0, 50.0, 40.0]))
+    assert out.shape == image.shape
+    assert np.array_equal(out[:25], image[:25]) and np.array_equal(out[:, :35], image[:, :35])  # outside the box
+    assert np.abs(out[50, 60].astype(int) - 200).max() <= 1  # the box centre is the crop
+    gain, offset = colour_transfer(np.array([[[10, 20, 30]], [[30, 40, 50]]], np.uint8),
+                                   np.array([[[20, 20, 20]], [[60, 60, 60]]], np.uint8))
+    assert np.allclose(gain, 2.0) and np.allclose(offset, [0, -20, -40])  # 40 - 2 x (20, 30, 40)
+
+
+def test_animate_command_with_motion_json_and_video_with_audio(checkpoint, tmp_path, capsys):
+    out, sbs = tmp_path / "out.mp4", tmp_path / "sbs.mp4"
+    assert cli_main(["animate", "--source", str(asset_path("portrait.jpg")), "--driving", str(asset_path("talk.json")),
+                     "-o", str(out), "--checkpoint", str(checkpoint), "--steps", "1", "--side-by-side", str(sbs),
+                     "-q"]) == 0
+    n = load_motion(asset_path("talk.json")).num_frames
+    info = probe_video(out)
+    assert (info.num_frames, info.fps, info.width) == (n, 25.0, 256)  # pasted into the 256 px portrait
+    assert probe_video(sbs).num_frames == n
+    # A driving video at 10 fps with a sound track: same frame count, same rate, the sound muxed in.
+    driving = tmp_path / "driving.mp4"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-loop", "1", "-i", str(asset_path("portrait.jpg")),
+                    "-f", "lavfi", "-i", "sine=frequency=300:duration=1.3", "-t", "1.3", "-r", "10",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(driving)], check=True)
+    frames_in = probe_video(driving).num_frames
+    out2 = tmp_path / "out2.mp4"
+    assert cli_main(["animate", "--source", str(asset_path("portrait.jpg")), "--driving", str(driving), "-o",
+                     str(out2), "--checkpoint", str(checkpoint), "--steps", "1", "--crop", "-q"]) == 0
+    info2 = probe_video(out2)
+    assert (info2.num_frames, info2.fps, info2.width) == (frames_in, 10.0, 64) and has_audio(out2)
+
+
+@pytest.mark.parametrize("case", ["bad_suffix", "no_folder", "wrong_checkpoint", "no_face", "image_out_many"])
+def test_animate_errors(checkpoint, tmp_path, capsys, case):
+    source, driving = str(asset_path("portrait.jpg")), str(asset_path("talk.json"))
+    out = tmp_path / "out.mp4"
+    ck = str(checkpoint)
+    if case == "bad_suffix":
+        out = tmp_path / "out.avi"
+    elif case == "no_folder":
+        out = tmp_path / "missing" / "out.mp4"
+    elif case == "wrong_checkpoint":
+        ck = str(checkpoint / "vae")
+    elif case == "no_face":
+        blank = tmp_path / "blank.png"
+        from mimaface.media import write_image
+        write_image(blank, np.full((128, 128, 3), 90, np.uint8))
+        source = str(blank)
+    elif case == "image_out_many":
+        out = tmp_path / "out.png"
+    code = cli_main(["animate", "--source", source, "--driving", driving, "-o", str(out), "--checkpoint", ck,
+                     "--steps", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mimaface animate: error:")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
