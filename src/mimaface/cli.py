@@ -144,7 +144,9 @@ def _cmd_animate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
-    run_demo(Path(args.output), progress=not args.quiet)
+    if args.steps < 1:
+        raise InputError("--steps must be at least 1")
+    run_demo(Path(args.output), checkpoint=args.checkpoint, steps=args.steps, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_animate)
 
-    p = sub.add_parser("demo", help="the main job: extraction and rendering on the bundled example")
+    p = sub.add_parser("demo", help="the main job: the bundled model animates a held-out SynthTalk identity")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--checkpoint", default=None, help="a trained model folder (default: the bundled tiny model)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return parser

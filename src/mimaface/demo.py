@@ -1,17 +1,24 @@
-"""``mimaface demo``: the main job on the bundled example, and the warped-photo test clip."""
+"""``mimaface demo``: the main job (the bundled tiny model on held-out SynthTalk identities), and the\nwarped-photo test clip."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mimaface.face3d.coefficients import motion_from_json
-from mimaface.face3d.pipeline import extract_motion, render_motion
-from mimaface.face3d.render import overlay
-from mimaface.media import load_image, write_image, write_video
+from mimaface.errors import InputError
+from mimaface.evaluation.metrics import boundary_consistency, psnr
+from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
+from mimaface.media import write_video
+from mimaface.pipelines.compositing import side_by_side
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline
+from mimaface.pipelines.retarget import RetargetConfig, retarget
+from mimaface.pipelines.source import aligned_source
+from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip, render_identity
 
 
 def asset_path(name: str) -> Path:
@@ -44,56 +51,90 @@ def warped_clip(image: np.ndarray, num_frames: int = 40, *, max_roll: float = 20
     return np.stack(frames), {"roll": roll, "shift": shift, "zoom": zoom}
 
 
-def run_demo(output: Path, progress: bool = True) -> None:
-    """Extract and render motion on the bundled portrait, a MOTION.json and a generated video."""
+DRIVING_FRAMES = 72  # 12 clips of 8 frames joined through ICA (k = 2)
+
+
+def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int = 25, progress: bool = True) -> dict:
+    """The main job: a held-out SynthTalk identity animated (1) by another held-out identity's motion,
+    checked against SynthTalk's exact ground truth, with and without ICA, and (2) by the bundled
+    hand-written MOTION.json. Writes videos, ``summary.png`` and ``metrics.json`` to ``output``."""
     output.mkdir(parents=True, exist_ok=True)
-    portrait = load_image(asset_path("portrait.jpg"))
-    write_image(output / "portrait.png", portrait)
+    pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
+    recipe = training_recipe(checkpoint)
+    held = sorted(held_out_identities(recipe))
+    if len(held) < 2:
+        raise InputError("the model's training data recipe holds out fewer than two identities")
+    a, b = held[0], held[1]
+    frames_a, _, motion_a = render_clip(recipe, a, 0)
+    source = aligned_source(frames_a[0], _frames(motion_a, [0]))
+    # A new, longer performance of B (SynthTalk motion is seeded per clip; B's look is the held-out one).
+    driving_frames, _, driving = render_clip(dataclasses.replace(recipe, frames=DRIVING_FRAMES), b, 0)
 
-    # 1. One image: fit, render I_R, overlay.
-    motion = extract_motion(output / "portrait.png", progress=progress)
-    motion.save(output / "portrait.npz")
-    render, mask = next(render_motion(motion, progress=False))
-    write_image(output / "portrait_render.png", render)
-    write_image(output / "portrait_overlay.png", overlay(portrait, render, mask))
-    yaw, pitch, roll = motion.pose[0, :3]
-    print(f"portrait: yaw {yaw:+.1f}°, pitch {pitch:+.1f}°, roll {roll:+.1f}°; "
-          f"strongest blendshapes: {_top_blendshapes(motion.expression[0], motion.expression_names)}")
+    # 1. Cross-identity with exact ground truth: same camera, so absolute coefficients; A's face shape.
+    motion = retarget(source.coefficients, driving, RetargetConfig(mode="absolute"))
+    truth = render_identity(recipe, a, motion)
+    kwargs = {"num_inference_steps": steps, "progress": progress}
+    with_ica = pipeline(source.crop, motion, **kwargs)
+    without_ica = pipeline(source.crop, motion, use_ica=False, **kwargs)
+    still = np.repeat(source.crop[None], len(truth), 0)
+    metrics = {
+        "frames": len(truth), "clips": len(with_ica.clip_starts),
+        "psnr_db": {"generated": psnr(with_ica.frames, truth), "generated_no_ica": psnr(without_ica.frames, truth),
+                    "source_held_still": psnr(still, truth)},
+        "boundary_consistency": {
+            "ica": boundary_consistency(with_ica.frames, with_ica.clip_starts),
+            "no_ica": boundary_consistency(without_ica.frames, without_ica.clip_starts),
+            "ground_truth": boundary_consistency(truth, with_ica.clip_starts)},
+    }
+    panels = (side_by_side(source.crop, d, r, g, n, t) for d, r, g, n, t in
+              zip(driving_frames, with_ica.renders, with_ica.frames, without_ica.frames, truth))
+    write_video(output / "cross_identity.mp4", panels, driving.fps)
 
-    # 2. Hand-written motion, rendered with the portrait's identity.
-    talk = motion_from_json(asset_path("talk.json"))
-    talk.identity = motion.identity
-    talk.image_size = motion.image_size
-    talk.pose[:, 3:] = motion.pose[0, 3:]  # keep the portrait's placement and size
-    talk_frames = [image for image, _ in render_motion(talk, progress=progress)]
-    write_video(output / "motion_json_render.mp4", talk_frames, talk.fps)
-
-    # 3. A video made from the photo (known rotation/shift/zoom): extract, compare, overlay.
-    frames, truth = warped_clip(portrait)
-    write_video(output / "warped.mp4", frames, 25.0)
-    tracked = extract_motion(output / "warped.mp4", progress=progress)
-    tracked.save(output / "warped.npz")
-    overlays = (np.concatenate([bg, overlay(bg, im, m)], 1)
-                for bg, (im, m) in zip(frames, render_motion(tracked, progress=False)))
-    write_video(output / "warped_side_by_side.mp4", overlays, tracked.fps)
-    roll_change = tracked.pose[:, 2] - tracked.pose[0, 2]
-    error = np.abs(roll_change - (truth["roll"] - truth["roll"][0]))
-    print(f"video: {tracked.num_frames} frames; roll follows the known rotation within "
-          f"{error.mean():.2f}° on average ({error.max():.2f}° at worst)")
-    _contact_sheet(output, portrait, render, mask, talk_frames)
-    print(f"outputs in {output}/")
-
-
-def _top_blendshapes(weights: np.ndarray, names: tuple[str, ...], count: int = 3) -> str:
-    order = np.argsort(-weights)[:count]
-    return ", ".join(f"{names[i]} {weights[i]:.2f}" for i in order)
+    # 2. The hand-written MOTION.json, relative to the source's own pose and expression.
+    talk = retarget(source.coefficients, motion_from_json(asset_path("talk.json")))
+    talked = pipeline(source.crop, talk, **kwargs)
+    write_video(output / "motion_json.mp4", (side_by_side(source.crop, r, g) for r, g in
+                                             zip(talked.renders, talked.frames)), talk.fps)
+    _summary(output / "summary.png", source.crop, driving_frames, with_ica, without_ica, truth, talked)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    p, c = metrics["psnr_db"], metrics["boundary_consistency"]
+    print(f"held-out identity {a} driven by held-out identity {b}: {metrics['frames']} frames in {metrics['clips']} clips")
+    print(f"  PSNR against the exact ground truth: generated {p['generated']:.2f} dB, without ICA "
+          f"{p['generated_no_ica']:.2f} dB, source held still {p['source_held_still']:.2f} dB")
+    print(f"  clip-boundary change / within-clip change: ICA {c['ica']['ratio']:.2f}, no ICA "
+          f"{c['no_ica']['ratio']:.2f}, ground truth {c['ground_truth']['ratio']:.2f}")
+    print(f"outputs in {output}/ (cross_identity.mp4: source | driving | I_R | generated | no ICA | truth)")
+    return metrics
 
 
-def _contact_sheet(output: Path, portrait: np.ndarray, render: np.ndarray, mask: np.ndarray,
-                   talk_frames: list[np.ndarray]) -> None:
-    """One PNG a person can glance at: photo | I_R | overlay, then frames of the MOTION.json render."""
-    top = np.concatenate([portrait, render, overlay(portrait, render, mask)], 1)
-    picks = np.linspace(0, len(talk_frames) - 1, 6).round().astype(int)
-    strip = np.concatenate([talk_frames[i] for i in picks], 1)
-    strip = np.asarray(Image.fromarray(strip).resize((top.shape[1], round(strip.shape[0] * top.shape[1] / strip.shape[1]))))
-    write_image(output / "summary.png", np.concatenate([top, strip], 0))
+def training_recipe(checkpoint: str | Path | None) -> SynthConfig:
+    """The SynthTalk settings the model was trained on (``training.json`` beside the bundled model)."""
+    folder = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    record = folder / "training.json"
+    if record.is_file():
+        return SynthConfig(**json.loads(record.read_text())["data"]["config"])
+    return SynthConfig(identities=400, clips_per_identity=2, frames=24, size=64, seed=0)
+
+
+def _frames(motion: MotionCoefficients, index: list[int]) -> MotionCoefficients:
+    return dataclasses.replace(motion, pose=motion.pose[index], expression=motion.expression[index],
+                               gaze=motion.gaze[index], landmarks=None, extra={})
+
+
+def _summary(path: Path, source: np.ndarray, driving: np.ndarray, with_ica, without_ica, truth: np.ndarray,
+             talked) -> None:
+    """Every few frames: driving, I_R, generated, without ICA, ground truth; then the MOTION.json run."""
+    from mimaface.training.grids import image_grid
+
+    picks = np.linspace(0, len(truth) - 1, 8).round().astype(int)
+    talk_picks = np.linspace(0, len(talked.frames) - 1, 8).round().astype(int)
+    grey = lambda r: np.repeat(r[..., None], 3, -1)  # noqa: E731
+    blank = np.full_like(source, 255)
+    rows = [[source] + [driving[i] for i in picks], [blank] + [grey(with_ica.renders[i]) for i in picks],
+            [blank] + [with_ica.frames[i] for i in picks], [blank] + [without_ica.frames[i] for i in picks],
+            [blank] + [truth[i] for i in picks], [source] + [grey(talked.renders[i]) for i in talk_picks],
+            [blank] + [talked.frames[i] for i in talk_picks]]
+    image_grid(rows, path, row_labels=["driving", "I_R", "generated", "no ICA", "ground truth", "JSON: I_R",
+                                       "JSON: generated"],
+               column_labels=["source"] + [f"frame {i}" for i in picks],
+               title="held-out identity (source) reenacted by another held-out identity, then by talk.json")

@@ -14,7 +14,9 @@ lids and eyes (:mod:`.motion`); frames are rendered with what the grey I_R rende
 from mimaface.synthtalk.generator import (
     SynthConfig,
     generate_dataset,
+    held_out_identities,
     render_clip,
+    render_identity,
 )
 
-__all__ = ["SynthConfig", "generate_dataset", "render_clip"]
+__all__ = ["SynthConfig", "generate_dataset", "held_out_identities", "render_clip", "render_identity"]

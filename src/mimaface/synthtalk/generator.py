@@ -143,6 +143,15 @@ def render_clip(config: SynthConfig, identity: int | Identity, clip: int, *, mod
     return frames, renders, motion
 
 
+def render_identity(config: SynthConfig, identity: int, motion: MotionCoefficients) -> np.ndarray:
+    """Frames (T,S,S,3) of SynthTalk identity ``identity`` (its face shape, look and scene) performing
+    ``motion``'s pose, expression and gaze: the exact ground truth of reenacting it with that motion."""
+    model = FaceModel.load()
+    with _single_thread():
+        renderer = SceneRenderer(make_identity(config, identity, model), config.size, model)
+        return renderer.render(motion.pose, motion.expression, motion.gaze)
+
+
 @contextlib.contextmanager
 def _single_thread():
     """Torch on one thread (each worker is one core's worth; also keeps results thread-count free)."""
