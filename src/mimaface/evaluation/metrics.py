@@ -38,3 +38,14 @@ def boundary_consistency(frames: np.ndarray, clip_starts: Sequence[int]) -> dict
         raise ValueError("need at least one clip boundary and one change inside a clip")
     at, within = float(changes[boundary].mean()), float(changes[~boundary].mean())
     return {"boundary": at, "within": within, "ratio": at / within}
+
+
+def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR over the pixels where ``mask`` (images' shape without channels) is true."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.shape[: mask.ndim] != mask.shape:
+        raise ValueError(f"shapes differ: {a.shape}, {b.shape}, mask {mask.shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    mse = float(np.mean((a[mask] - b[mask]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
