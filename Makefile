@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_face3d.py
 	$(PY) benchmarks/bench_render.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_animate.py
 
 face-model: $(STAMP)
 	$(PY) scripts/build_face_model.py
