@@ -78,6 +78,15 @@ def test_n_frames_in_n_frames_out(pipeline, n, use_ica):
     assert out.clip_starts == [first for _, first in clip_windows(n, 6, 1 if use_ica else 0)][: len(out.clip_starts)]
 
 
+def test_batching_does_not_change_the_result(pipeline):
+    crop = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for n, use_ica in ((1, True), (13, False)):
+        one = pipeline(crop, motion_of(n), num_inference_steps=2, use_ica=use_ica, progress=False).frames
+        many = pipeline(crop, motion_of(n), num_inference_steps=2, use_ica=use_ica, batch_size=3,
+                        progress=False).frames
+        assert np.abs(one.astype(int) - many).max() <= 1
+
+
 def test_pipeline_is_seeded_and_schedulers_work(pipeline):
     crop = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     motion = motion_of(3)

@@ -126,13 +126,13 @@ def _cmd_animate(args: argparse.Namespace) -> None:
 
     options = AnimateOptions(
         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        clip_length=args.clip_length, overlap=args.overlap, use_ica=not args.no_ica,
+        clip_length=args.clip_length, overlap=args.overlap, use_ica=not args.no_ica, batch_size=args.batch_size,
         retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=args.pose_scale,
                                 expression_multiplier=args.expression_scale, gaze_multiplier=args.gaze_scale,
                                 keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
         face_index=args.face_index, driving_face_index=args.driving_face_index, max_gap=args.max_gap,
         paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps)
-    for name in ("steps", "clip_length"):
+    for name in ("steps", "clip_length", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-length", type=int, default=None, help="frames per clip F (default: as trained)")
     p.add_argument("--overlap", type=int, default=None, help="ICA frames k carried from clip to clip (default: as trained)")
     p.add_argument("--no-ica", action="store_true", help="generate clips independently (the ablation)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="independent clips (--no-ica) or frames (image driving) per forward pass (default 1)")
     p.add_argument("--face-index", type=int, default=None, help="which face of the source: 0 = largest (default)")
     p.add_argument("--driving-face-index", type=int, default=None, help="which face of the driving video")
     p.add_argument("--max-gap", type=int, default=12, help="longest faceless run of driving frames to interpolate")

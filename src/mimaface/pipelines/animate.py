@@ -37,6 +37,7 @@ class AnimateOptions:
     clip_length: int | None = None  # None: as trained
     overlap: int | None = None  # ICA k; None: as trained
     use_ica: bool = True
+    batch_size: int = 1  # independent clips (no ICA) or frames (one driving frame) per forward
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     face_index: int | None = None  # which face of the source
     driving_face_index: int | None = None
@@ -75,7 +76,8 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     motion = retarget(source.coefficients, driving, options.retarget)
     result = pipeline(source.crop, motion, num_inference_steps=options.num_inference_steps,
                       guidance_scale=options.guidance_scale, seed=options.seed, clip_length=options.clip_length,
-                      overlap=options.overlap, use_ica=options.use_ica, scheduler=options.scheduler, progress=progress)
+                      overlap=options.overlap, use_ica=options.use_ica, scheduler=options.scheduler,
+                      batch_size=options.batch_size, progress=progress)
     frames = compose(source, result, paste=options.paste)
     if suffix in IMAGE_OUT:
         write_image(output, frames[0])

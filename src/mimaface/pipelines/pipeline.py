@@ -141,10 +141,12 @@ class MIMAFacePipeline:
     def __call__(self, source: np.ndarray, motion: MotionCoefficients, *, num_inference_steps: int = 25,
                  guidance_scale: float = 2.0, seed: int = 0, clip_length: int | None = None,
                  overlap: int | None = None, use_ica: bool = True, scheduler: str | None = None,
-                 progress: bool = True) -> AnimationOutput:
+                 batch_size: int = 1, progress: bool = True) -> AnimationOutput:
         """Animate ``source`` (S, S, 3) uint8, an aligned crop at the model's size, with ``motion``
         (coefficients in that crop's frame, with the identity to render I_R with). One frame of
-        motion is the image-driven mode (one denoising pass of the image model)."""
+        motion is the image-driven mode (one denoising pass of the image model). ``batch_size``:
+        independent units denoised per forward (frames in image mode, clips with ``use_ica=False``;
+        ICA clips are sequential by nature)."""
         size = self.image_size
         if source.shape != (size, size, 3) or source.dtype != np.uint8:
             raise InputError(f"the source crop must be ({size}, {size}, 3) uint8 for this model, got "
@@ -160,29 +162,51 @@ class MIMAFacePipeline:
                         for key in ("pose", "expression", "gaze")}
         sampler = self.make_scheduler(scheduler)
         generator = torch.Generator().manual_seed(seed)
-        kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "generator": generator}
+        kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                  "progress_steps": progress}
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
 
-        if n == 1 or self.model.motion_adapter is None:  # image mode, frame by frame
+        def conditions(index: torch.Tensor) -> torch.Tensor:
+            """(B, L, D) for frame indices (B,), (B, F, L, D) for (B, F)."""
+            b = index.shape[0]
+            return self.model.condition_from_tokens(e_tex.expand(b, -1, -1), e_id.expand(b, -1),
+                                                    *(c[index] for c in coefficients.values()))
+
+        def noise(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator).to(render_latents)
+
+        if n == 1 or self.model.motion_adapter is None:  # image mode: frames are independent
+            # Noise is drawn frame by frame, so the result does not depend on batch_size.
+            starts = noise((n, *render_latents.shape[1:]))
             latents = []
-            for t in tqdm(range(n), desc="frames", disable=not progress or n == 1):
-                condition = self.model.condition_from_tokens(e_tex, e_id, *(c[t : t + 1] for c in coefficients.values()))
-                latents.append(denoise(self.model, sampler, render_latents[t : t + 1], condition, **kwargs))
+            for chunk in tqdm(torch.arange(n).split(batch_size), desc="frames", disable=not progress or n == 1):
+                latents.append(denoise(self.model, sampler, render_latents[chunk], conditions(chunk),
+                                       latents=starts[chunk], **kwargs))
             return AnimationOutput(self.decode(torch.cat(latents)), renders, list(range(n)))
 
         f = clip_length or self.default_clip_length
         k = (self.default_overlap(f) if overlap is None else overlap) if use_ica else 0
         windows = clip_windows(n, f, k)
-        shape = (1, f, *render_latents.shape[1:])
-        fixed_noise = None if use_ica else torch.randn(shape, generator=generator).to(render_latents)
-        outputs, previous = [], None
-        for start, first_new in tqdm(windows, desc="clips", disable=not progress or len(windows) == 1):
-            index = torch.clamp(torch.arange(start, start + f), max=n - 1)
-            condition = self.model.condition_from_tokens(e_tex, e_id, *(c[index].unsqueeze(0) for c in coefficients.values()))
-            like = render_latents[index].unsqueeze(0)
-            ica = ica_condition_from_previous(previous, f, like) if use_ica else None
-            latents = denoise(self.model, sampler, like, condition, ica=ica, latents=fixed_noise, **kwargs)
-            outputs.append(latents[0, first_new - start:])
-            previous = latents[:, f - k:] if k else None
+        index = [torch.clamp(torch.arange(start, start + f), max=n - 1) for start, _ in windows]
+        outputs = []
+        if use_ica:  # sequential: each clip needs the previous one's last k latents
+            previous = None
+            for (start, first_new), frames in tqdm(list(zip(windows, index)), desc="clips",
+                                                   disable=not progress or len(windows) == 1):
+                like = render_latents[frames].unsqueeze(0)
+                latents = denoise(self.model, sampler, like, conditions(frames[None]), latents=noise(like.shape),
+                                  ica=ica_condition_from_previous(previous, f, like), **kwargs)
+                outputs.append(latents[0, first_new - start:])
+                previous = latents[:, f - k:] if k else None
+        else:  # the ablation: independent clips from one fixed initial noise, batch_size clips at a time
+            fixed = noise((1, f, *render_latents.shape[1:]))
+            for chunk in tqdm(torch.arange(len(windows)).split(batch_size), desc="clips",
+                              disable=not progress or len(windows) == 1):
+                frames = torch.stack([index[i] for i in chunk.tolist()])
+                like = render_latents[frames]
+                latents = denoise(self.model, sampler, like, conditions(frames), latents=fixed.expand_as(like), **kwargs)
+                outputs.extend(latents)
         latents = torch.cat(outputs)[:n]
         return AnimationOutput(self.decode(latents), renders, [first_new for _, first_new in windows])
 

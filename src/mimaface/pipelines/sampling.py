@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import SchedulerMixin
+from tqdm.auto import tqdm
 
 from mimaface.models.ica import ICACondition
 from mimaface.models.mimaface_model import MIMAFaceModel
@@ -12,12 +13,14 @@ from mimaface.models.mimaface_model import MIMAFaceModel
 @torch.no_grad()
 def denoise(model: MIMAFaceModel, scheduler: SchedulerMixin, render_latents: torch.Tensor, condition: torch.Tensor, *,
             num_inference_steps: int = 20, guidance_scale: float = 2.0, generator: torch.Generator | None = None,
-            latents: torch.Tensor | None = None, ica: ICACondition | None = None) -> torch.Tensor:
+            latents: torch.Tensor | None = None, ica: ICACondition | None = None,
+            progress_steps: bool = False) -> torch.Tensor:
     """Sample latents shaped like ``render_latents`` ((B, C, h, w) images or (B, F, C, h, w) clips).
 
     ``condition``: the appearance condition ((B, L, D), or (B, F, L, D) for clips). Classifier-free
     guidance mixes it with the model's null condition when ``guidance_scale != 1``. ``latents``:
     the initial noise (drawn from ``generator`` when None). ``ica``: W_cond's input for clips.
+    ``progress_steps``: a transient progress bar over the steps.
     Returns the final (scaled) latents.
     """
     shape = render_latents.shape
@@ -38,7 +41,7 @@ def denoise(model: MIMAFaceModel, scheduler: SchedulerMixin, render_latents: tor
         ica_latents, ica_mask = ica.latents.to(latents), ica.mask.to(latents)
         if guided:
             ica_latents, ica_mask = torch.cat([ica_latents, ica_latents]), torch.cat([ica_mask, ica_mask])
-    for t in scheduler.timesteps:
+    for t in tqdm(scheduler.timesteps, desc="steps", leave=False, disable=not progress_steps):
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = scheduler.scale_model_input(model_in, t)
         pred = model(model_in, t, render_latents, condition=condition, drop_condition=False,
