@@ -157,9 +157,12 @@ def test_animate_command_with_motion_json_and_video_with_audio(checkpoint, tmp_p
     assert (info2.num_frames, info2.fps, info2.width) == (frames_in, 10.0, 64) and has_audio(out2)
 
 
-@pytest.mark.parametrize("case", ["bad_suffix", "no_folder", "wrong_checkpoint", "no_face", "image_out_many"])
+@pytest.mark.parametrize("case", ["bad_suffix", "no_folder", "wrong_checkpoint", "no_face", "image_out_many",
+                                  "unknown_blendshape", "empty_video", "tiny_source"])
 def test_animate_errors(checkpoint, tmp_path, capsys, case):
     source, driving = str(asset_path("portrait.jpg")), str(asset_path("talk.json"))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
     out = tmp_path / "out.mp4"
     ck = str(checkpoint)
     if case == "bad_suffix":
@@ -175,8 +178,22 @@ def test_animate_errors(checkpoint, tmp_path, capsys, case):
         source = str(blank)
     elif case == "image_out_many":
         out = tmp_path / "out.png"
+    elif case == "unknown_blendshape":
+        motion = json.loads(asset_path("talk.json").read_text())
+        motion["frames"][1]["jawOpenWide"] = 0.5
+        driving = str(inputs / "motion.json")
+        (inputs / "motion.json").write_text(json.dumps(motion))
+    elif case == "empty_video":
+        driving = str(inputs / "empty.mp4")
+        (inputs / "empty.mp4").write_bytes(b"")
+    elif case == "tiny_source":
+        from mimaface.media import write_image
+        source = str(inputs / "tiny.png")
+        write_image(source, np.full((12, 12, 3), 90, np.uint8))
     code = cli_main(["animate", "--source", source, "--driving", driving, "-o", str(out), "--checkpoint", ck,
                      "--steps", "1", "-q"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("mimaface animate: error:")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mimaface animate: error:"), err
+    if case == "unknown_blendshape":
+        assert "jawOpenWide" in err and "jawOpen" in err.replace("jawOpenWide", "")  # names the valid ones
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
