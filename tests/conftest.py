@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,35 @@ def random_coefficients(model: FaceModel, frames: int, seed: int = 0) -> dict[st
         "pose": pose,
         "gaze": rng.uniform(-0.15, 0.15, (frames, 4)),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_synthtalk(tmp_path_factory) -> Path:
+    """A small SynthTalk data set: 18 training and 2 held-out identities, 2 clips of 10 frames, 64 px."""
+    from mimaface.synthtalk import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synthtalk") / "data"
+    generate_dataset(root, SynthConfig(identities=20, clips_per_identity=2, frames=10, size=64, seed=3, workers=1),
+                     progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-weight model folder in the layout training writes (clips of 6 frames, 64 px)."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from mimaface.models import MIMAFaceConfig, MIMAFaceModel
+    from mimaface.models.config import TINY_VAE_CONFIG
+    from mimaface.training.tasks import SD15_NOISE_SCHEDULE
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "final"
+    MIMAFaceModel(MIMAFaceConfig.tiny()).save_pretrained(folder)
+    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(folder / "vae")
+    DDPMScheduler(**SD15_NOISE_SCHEDULE).save_pretrained(folder / "scheduler")
+    (folder / "pipeline_config.json").write_text(json.dumps({"image_size": 64, "clip_length": 6}))
+    return folder

@@ -12,31 +12,15 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
 
 from mimaface.cli import main as cli_main
 from mimaface.demo import asset_path
 from mimaface.face3d.coefficients import MotionCoefficients, load_motion
 from mimaface.face3d.model import FaceModel
 from mimaface.media import has_audio, probe_video
-from mimaface.models import MIMAFaceConfig, MIMAFaceModel
-from mimaface.models.config import TINY_VAE_CONFIG
 from mimaface.pipelines.compositing import colour_transfer, paste_back
 from mimaface.pipelines.pipeline import MIMAFacePipeline, clip_windows
 from mimaface.pipelines.retarget import RetargetConfig, retarget
-from mimaface.training.tasks import SD15_NOISE_SCHEDULE
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random-weight model folder in the layout training writes."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "final"
-    MIMAFaceModel(MIMAFaceConfig.tiny()).save_pretrained(folder)
-    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(folder / "vae")
-    DDPMScheduler(**SD15_NOISE_SCHEDULE).save_pretrained(folder / "scheduler")
-    (folder / "pipeline_config.json").write_text(json.dumps({"image_size": 64, "clip_length": 6}))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,45 @@ def _cmd_train(args: argparse.Namespace) -> None:
           progress=not args.quiet)
 
 
+def _cmd_train_estimator(args: argparse.Namespace) -> None:
+    from mimaface.evaluation.estimator import EstimatorTraining, train_estimator
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise InputError("--steps and --batch-size must be at least 1")
+    torch_threads(args.threads)
+    training = EstimatorTraining(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    record = train_estimator(args.data, args.output, training, progress=not args.quiet)
+    held = record["held_out"]
+    print(f"wrote {args.output} ({record['train_seconds'] / 60:.1f} min); on {held['identities']} held-out identities: "
+          f"pose {held['pose_angle_mae_deg']:.2f} deg, expression {held['expression_mae']:.4f}, gaze "
+          f"{held['gaze_mae']:.4f} mean absolute error (predicting the mean: {held['pose_angle_mae_deg_predicting_mean']:.2f}, "
+          f"{held['expression_mae_predicting_mean']:.4f}, {held['gaze_mae_predicting_mean']:.4f}); identity rank-1 "
+          f"{held.get('identity_rank1', float('nan')):.3f}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from mimaface.evaluation.evaluate import MODES, EvaluateOptions, evaluate
+
+    if args.steps < 1 or (args.max_clips is not None and args.max_clips < 2):
+        raise InputError("--steps must be at least 1 and --max-clips at least 2")
+    options = EvaluateOptions(
+        split=args.split, modes=MODES if args.mode == "both" else (args.mode,), num_inference_steps=args.steps,
+        guidance_scale=args.guidance, seed=args.seed, use_ica=not args.no_ica, max_clips=args.max_clips,
+        estimator=args.estimator, lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone,
+        lpips_linear=args.lpips_linear, fid_weights=args.fid_weights)
+    evaluate(args.checkpoint, args.data, args.output, options, progress=not args.quiet)
+    print((Path(args.output) / "metrics.md").read_text())
+    print(f"wrote {args.output}/ (metrics.md, metrics.json, metrics.csv, per_pair.json, distributions.png, "
+          f"over_frames.png, figures/)")
+
+
+def torch_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _cmd_animate(args: argparse.Namespace) -> None:
     from mimaface.pipelines.animate import AnimateOptions, animate
     from mimaface.pipelines.retarget import RetargetConfig
@@ -155,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MIMAFace face animation. Commands: extract (motion coefficients from an image or "
                     "video), render (coefficients or MOTION.json to the I_R face render), synth (the SynthTalk "
                     "data set), preprocess (real videos into the same format), sheets (contact sheets of a "
-                    "data set), train (the latent codec, stage 1 and stage 2), animate (a portrait driven by a video, image or motion file), demo (the main job on the bundled example).")
+                    "data set), train (the latent codec, stage 1 and stage 2), train-estimator (the evaluation's SynthTalk estimator), evaluate (the paper's metrics on a test split), animate (a portrait driven by a video, image or motion file), demo (the main job on the bundled example).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('mimaface').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -228,6 +267,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides with dotted names, e.g. stage1.steps=200 data.size=64")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("train-estimator", help="train the SynthTalk estimator (pose, expression, gaze, identity "
+                                               "embedding) that evaluation measures generated frames with")
+    p.add_argument("--data", required=True, help="a SynthTalk data set folder (train split to learn, test to measure)")
+    p.add_argument("-o", "--output", required=True, help="folder for the estimator (config.json, model.safetensors, "
+                                                       "estimator.json with its held-out accuracy)")
+    p.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
+    p.add_argument("--batch-size", type=int, default=128, help="frames per step (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_estimator)
+
+    p = sub.add_parser("evaluate", help="the paper's metrics for a trained model on a SynthTalk test split")
+    p.add_argument("--checkpoint", default=None, help="a trained model folder (default: the bundled tiny model)")
+    p.add_argument("--data", required=True, help="a SynthTalk data set folder")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
+    p.add_argument("--mode", default="both", choices=("same", "cross", "both"), help="same- or cross-identity")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="noise and cross-identity pairing seed")
+    p.add_argument("--no-ica", action="store_true", help="clips generated independently (the ablation)")
+    p.add_argument("--max-clips", type=int, default=None, help="only the first N clips of the split")
+    p.add_argument("--estimator", default=None, help="estimator folder (default: the bundled SynthTalk estimator)")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"), help="LPIPS backbone (default alex)")
+    p.add_argument("--lpips-backbone", default=None, help="torchvision ImageNet weights of that backbone (.pth)")
+    p.add_argument("--lpips-linear", default=None, help="the lpips package's weights/v0.1/{alex,vgg}.pth")
+    p.add_argument("--fid-weights", default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("animate", help="animate a portrait with a driving video, image, coefficients or MOTION.json")
     p.add_argument("--source", required=True, help="the portrait (image)")
