@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench face-model tiny-model
+.PHONY: install demo test bench face-model tiny-model estimator evaluate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,15 @@ tiny-model: $(STAMP)
 	test -d runs/tiny-1/final || $(TRAIN) --stage 1 --vae runs/tiny-vae/final --output runs/tiny-1 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-1/checkpoints),--resume)
 	test -d runs/tiny-2/final || $(TRAIN) --stage 2 --pretrained runs/tiny-1/final --output runs/tiny-2 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-2/checkpoints),--resume)
 	$(PY) scripts/export_tiny_model.py --runs runs
+
+# The bundled SynthTalk estimator that `mimaface evaluate` reads generated frames with (about 20 minutes).
+estimator: $(STAMP)
+	$(VENV)/bin/mimaface synth -o runs/synthtalk64-est --identities 1500 --clips-per-identity 2 --frames 24 --size 64 --seed 7 --workers 1 --no-sheets
+	$(VENV)/bin/mimaface train-estimator --data runs/synthtalk64-est -o runs/estimator --steps 4000 --threads 1
+	rm -rf src/mimaface/assets/estimator && cp -r runs/estimator src/mimaface/assets/estimator
+
+# The evaluation of the bundled tiny model on 20 held-out SynthTalk clips, with and without ICA.
+evaluate: $(STAMP)
+	test -d runs/synthtalk64 || $(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
+	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 -o runs/eval_tiny
+	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 --no-ica -o runs/eval_tiny_noica

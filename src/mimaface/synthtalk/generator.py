@@ -146,10 +146,16 @@ def render_clip(config: SynthConfig, identity: int | Identity, clip: int, *, mod
 def render_identity(config: SynthConfig, identity: int, motion: MotionCoefficients) -> np.ndarray:
     """Frames (T,S,S,3) of SynthTalk identity ``identity`` (its face shape, look and scene) performing
     ``motion``'s pose, expression and gaze: the exact ground truth of reenacting it with that motion."""
-    model = FaceModel.load()
+    return render_coefficients(config, identity, motion.pose, motion.expression, motion.gaze)
+
+
+def render_coefficients(config: SynthConfig, identity: int, pose: np.ndarray, expression: np.ndarray,
+                        gaze: np.ndarray, model: FaceModel | None = None) -> np.ndarray:
+    """Frames (T,S,S,3) of SynthTalk identity ``identity`` with per-frame coefficients (T, ...)."""
+    model = model or FaceModel.load()
     with _single_thread():
         renderer = SceneRenderer(make_identity(config, identity, model), config.size, model)
-        return renderer.render(motion.pose, motion.expression, motion.gaze)
+        return renderer.render(pose, expression, gaze)
 
 
 @contextlib.contextmanager
