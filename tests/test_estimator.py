@@ -42,8 +42,8 @@ def test_training_lowers_the_losses_and_saves_exactly(tiny_synthtalk, tmp_path):
     again = measure_estimator(loaded, test)
     assert again["pose_angle_mae_deg"] == pytest.approx(held["pose_angle_mae_deg"], rel=1e-5)
     out = loaded.predict(test.images[:3])
-    assert out["pose"].shape == (3, 6) and out["expression"].shape == (3, 36) and out["gaze"].shape == (3, 4)
-    assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1, atol=1e-5)
+    assert out.pose.shape == (3, 6) and out.expression.shape == (3, 36) and out.gaze.shape == (3, 4)
+    assert np.allclose(np.linalg.norm(out.embedding, axis=1), 1, atol=1e-5)
     with pytest.raises(ModelLoadError, match="train-estimator"):
         FaceEstimator.from_pretrained(tmp_path / "missing")
 
@@ -89,9 +89,9 @@ def test_bundled_estimator_reads_held_out_identities():
             identity += [i] * len(clip_frames)
     out = estimator.predict(np.concatenate(frames))
     pose = np.concatenate(poses)[:, :3]
-    error = np.abs(out["pose"][:, :3] - pose).mean()
+    error = np.abs(out.pose[:, :3] - pose).mean()
     guess = np.abs(pose.mean(0) - pose).mean()
-    cosine = out["embedding"] @ out["embedding"].T
+    cosine = out.embedding @ out.embedding.T
     same = np.equal.outer(identity, identity)
     print(f"pose: estimator {error:.2f} deg, predicting the mean {guess:.2f} deg; identity cosine: same "
           f"{cosine[same].mean():.3f}, different {cosine[~same].mean():.3f}")

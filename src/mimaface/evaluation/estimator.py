@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,16 +76,19 @@ class _Block(nn.Module):
 
 
 @dataclass
-class EstimatorOutput:
-    pose: torch.Tensor  # (N, 6)
-    expression: torch.Tensor  # (N, E)
-    gaze: torch.Tensor  # (N, 4)
-    embedding: torch.Tensor  # (N, D), unit length
-    features: torch.Tensor  # (N, widths[-1])
+class FaceReading:
+    """What is read off N face images: tensors from ``FaceEstimator.forward``, numpy arrays from
+    ``predict`` and from the evaluation's readers (NaN rows where a reader found no face)."""
+
+    pose: Any  # (N, 6)
+    expression: Any  # (N, E)
+    gaze: Any  # (N, 4)
+    embedding: Any  # (N, D), unit length
+    features: Any  # (N, F), for the Fréchet distance
 
 
 class FaceEstimator(nn.Module):
-    """Face crop (N, 3, S, S) in [0, 1] -> :class:`EstimatorOutput`. Other sizes are resized to S."""
+    """Face crop (N, 3, S, S) in [0, 1] -> :class:`FaceReading`. Other sizes are resized to S."""
 
     def __init__(self, config: EstimatorConfig) -> None:
         super().__init__()
@@ -113,15 +117,15 @@ class FaceEstimator(nn.Module):
         features = self.blocks(self.stem(images * 2 - 1)).mean((2, 3))
         return self.regression(features), F.normalize(self.embed(features), dim=-1), features
 
-    def forward(self, images: torch.Tensor) -> EstimatorOutput:
+    def forward(self, images: torch.Tensor) -> FaceReading:
         regression, embedding, features = self.standardised(images)
         values = regression * self.target_std + self.target_mean
         pose, expression, gaze = values.split(list(self.config.dims().values()), dim=-1)
-        return EstimatorOutput(pose, expression, gaze, embedding, features)
+        return FaceReading(pose, expression, gaze, embedding, features)
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> dict[str, np.ndarray]:
-        """uint8 (N, H, W, 3) -> numpy arrays of every output, in eval mode."""
+    def predict(self, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> FaceReading:
+        """uint8 (N, H, W, 3) -> every output as numpy arrays, in eval mode."""
         self.eval()
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -132,7 +136,7 @@ class FaceEstimator(nn.Module):
             out = self(x)
             for key, value in asdict(out).items():
                 parts.setdefault(key, []).append(value.numpy())
-        return {key: np.concatenate(value) for key, value in parts.items()}
+        return FaceReading(**{key: np.concatenate(value) for key, value in parts.items()})
 
     def save_pretrained(self, directory: str | Path, record: dict | None = None) -> None:
         """``config.json`` + ``model.safetensors`` (+ ``estimator.json``: how it was trained, how good it is)."""
@@ -338,19 +342,19 @@ def measure_estimator(model: FaceEstimator, test: FrameSet) -> dict:
     out = model.predict(test.images)
     result: dict = {"frames": len(test.images), "identities": len(test.names)}
     mean = {k: test.targets[k].mean(0) for k in TARGETS}
-    pose_error = np.abs(out["pose"] - test.targets["pose"])
+    pose_error = np.abs(out.pose - test.targets["pose"])
     result["pose_angle_mae_deg"] = float(pose_error[:, :3].mean())
     result["pose_angle_mae_deg_per_axis"] = dict(zip(("yaw", "pitch", "roll"), map(float, pose_error[:, :3].mean(0))))
     result["pose_angle_mae_deg_predicting_mean"] = float(np.abs(mean["pose"][:3] - test.targets["pose"][:, :3]).mean())
     for key in ("expression", "gaze"):
-        result[f"{key}_mae"] = float(np.abs(out[key] - test.targets[key]).mean())
+        result[f"{key}_mae"] = float(np.abs(getattr(out, key) - test.targets[key]).mean())
         result[f"{key}_mae_predicting_mean"] = float(np.abs(mean[key] - test.targets[key]).mean())
     # Correlation of read and true values per channel: what the estimator can see at all.
-    result["correlation"] = {key: _correlations(out[key], test.targets[key]) for key in TARGETS}
+    result["correlation"] = {key: _correlations(getattr(out, key), test.targets[key]) for key in TARGETS}
     result["correlation"]["expression"] = dict(zip(model.config.expression_names or
                                                    map(str, range(model.config.num_expressions)),
                                                    result["correlation"]["expression"]))
-    embedding = out["embedding"]
+    embedding = out.embedding
     gallery_mask, probe_mask = test.clip == 0, test.clip > 0
     if probe_mask.any():
         gallery = np.stack([embedding[gallery_mask & (test.identity == i)].mean(0) for i in range(len(test.names))])

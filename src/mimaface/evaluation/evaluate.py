@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mimaface.data.clipstore import ClipRef, list_clips, read_dataset_info
 from mimaface.errors import InputError
-from mimaface.evaluation.estimator import FaceEstimator, estimator_record
+from mimaface.evaluation.estimator import FaceEstimator, FaceReading, estimator_record
 from mimaface.evaluation.metrics import boundary_consistency, colour_drift, psnr, ssim
 from mimaface.evaluation.perceptual import (
     LPIPS,
@@ -45,7 +45,6 @@ from mimaface.synthtalk import SynthConfig, render_identity
 
 MODES = ("same", "cross")
 GENERATED = "generated"
-REFERENCES = ("ground truth", "source held still", "I_R only")
 
 
 @dataclass
@@ -119,17 +118,6 @@ def _cross_pairing(clips: list[ClipRef], seed: int) -> list[ClipRef]:
             for clip in clips for others in [[c for c in clips if c.identity != clip.identity]]]
 
 
-@dataclass
-class Reading:
-    """What a reader sees in frames (N, ...): NaN rows where it found no face."""
-
-    pose: np.ndarray  # (N, 6)
-    expression: np.ndarray  # (N, E)
-    gaze: np.ndarray  # (N, 4)
-    embedding: np.ndarray  # (N, D), unit length
-    features: np.ndarray  # (N, F), for the Fréchet distance
-
-
 class EstimatorReader:
     """SynthTalk faces: the trained estimator reads motion, identity and features."""
 
@@ -139,9 +127,8 @@ class EstimatorReader:
         self.estimator = FaceEstimator.from_pretrained(folder)
         self.record = estimator_record(folder)
 
-    def read(self, frames: np.ndarray, identity: np.ndarray) -> Reading:
-        out = self.estimator.predict(frames)
-        return Reading(out["pose"], out["expression"], out["gaze"], out["embedding"], out["features"])
+    def read(self, frames: np.ndarray, identity: np.ndarray) -> FaceReading:
+        return self.estimator.predict(frames)
 
 
 class RealFaceReader:
@@ -158,7 +145,7 @@ class RealFaceReader:
         self.encoder = FaceIdentityEncoder.load()
         self.record: dict = {}
 
-    def read(self, frames: np.ndarray, identity: np.ndarray) -> Reading:
+    def read(self, frames: np.ndarray, identity: np.ndarray) -> FaceReading:
         from mimaface.face3d.landmarks import track_faces
 
         n, height, width = frames.shape[:3]
@@ -172,7 +159,7 @@ class RealFaceReader:
             pose[found], expression[found], gaze[found] = fit.pose, fit.expression, fit.gaze
         descriptors = self.encoder.embed_many(frames)
         unit = descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
-        return Reading(pose, expression, gaze, unit, descriptors)
+        return FaceReading(pose, expression, gaze, unit, descriptors)
 
 
 class Evaluator:
