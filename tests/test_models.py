@@ -481,6 +481,36 @@ def test_concat_variant():
     assert model.null_condition(1).shape == (1, 20, 64)
 
 
+def test_no_modulation_variant_ignores_the_coefficients():
+    """The ablation without coefficient modulation: the condition depends on the source only."""
+    torch.manual_seed(0)
+    model = MIMAFaceModel(small_config(mia={"modulation": "none"})).eval()
+    assert model.mia.modulation is None and model.mia.group_tokens is None and model.condition_length == 16 + 1
+    args = inputs(model, 2, 3)
+    out = model(**args, return_dict=True)
+    assert out.sample.shape == (2, 3, 4, 8, 8) and out.condition.shape == (6, 17, 64)
+    moved = dict(args, pose=args["pose"] + 5.0, expression=args["expression"].flip(-1))
+    torch.testing.assert_close(model(**moved, return_dict=True).condition, out.condition)
+    # whereas with eq. 1 (its zero-initialised output trained away from zero) the coefficients count
+    full = MIMAFaceModel(small_config()).eval()
+    with torch.no_grad():
+        full.mia.modulation.attn.to_out[0].weight.normal_(0, 0.1)
+    assert not torch.allclose(full(**moved, return_dict=True).condition, full(**args, return_dict=True).condition)
+
+
+def test_no_render_variant_ignores_the_render():
+    torch.manual_seed(0)
+    model = MIMAFaceModel(small_config(render_channels=0)).eval()
+    assert model.unet.conv_in.in_channels == 4
+    args = inputs(model, 2)
+    other = dict(args, render_latents=torch.randn_like(args["render_latents"]))
+    torch.testing.assert_close(model(**other), model(**args))
+    full = MIMAFaceModel(small_config()).eval()
+    with torch.no_grad():
+        full.unet.conv_in.weight[:, 4:].normal_(0, 0.1)  # the zero-initialised render channels, trained
+    assert not torch.allclose(full(**other), full(**args))
+
+
 def test_condition_dropout_uses_the_null_condition():
     torch.manual_seed(0)
     model = MIMAFaceModel(small_config(condition_dropout=1.0))

@@ -176,8 +176,12 @@ class MotionIdentityAppearance(nn.Module):
             self.modulation = None
             self.group_tokens = GroupTokens(config, adapter_dim)
             length = num_patches + 1 + 3
+        elif config.modulation == "none":  # the ablation: motion reaches the UNet through I_R only
+            self.modulation = None
+            self.group_tokens = None
+            length = num_patches + 1
         else:
-            raise ValueError(f"unknown MIA modulation {config.modulation!r} (use 'cross_attention' or 'concat')")
+            raise ValueError(f"unknown MIA modulation {config.modulation!r} (use 'cross_attention', 'concat' or 'none')")
         self.adapter = AppearanceAdapter(clip_dim, adapter_dim, cross_attention_dim, config.adapter_layers,
                                          config.adapter_heads)
         null = torch.zeros(length, cross_attention_dim)
@@ -199,7 +203,7 @@ class MotionIdentityAppearance(nn.Module):
         return (raw - self.coefficient_shift) * self.coefficient_scale
 
     def modulate(self, e_tex: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 (identity for the "concat" variant, whose motion enters in :meth:`forward`)."""
+        """Eq. 1 (identity for "concat", whose motion enters in :meth:`forward`, and for "none")."""
         return e_tex if self.modulation is None else self.modulation(e_tex, coefficients)
 
     def forward(self, e_tex: torch.Tensor, e_id: torch.Tensor, pose: torch.Tensor, expression: torch.Tensor,

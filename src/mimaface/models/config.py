@@ -201,8 +201,9 @@ class MIAConfig:
     """Motion-Identity modulated Appearance: motion modulation of the CLIP tokens and the adapter f."""
 
     # "cross_attention": the paper's eq. 1. "concat": the authors' release (one linear token per
-    # coefficient group appended to the adapter's input sequence), kept for comparison.
-    modulation: Literal["cross_attention", "concat"] = "cross_attention"
+    # coefficient group appended to the adapter's input sequence), kept for comparison. "none": no
+    # coefficient modulation (the paper's ablation; motion enters through I_R only).
+    modulation: Literal["cross_attention", "concat", "none"] = "cross_attention"
     pose_dim: int = 6  # yaw, pitch, roll (degrees), tx, ty, scale
     expression_dim: int = 36  # blendshape coefficients in [0, 1]
     gaze_dim: int = 4  # leftX, leftY, rightX, rightY
@@ -253,7 +254,7 @@ class MIMAFaceConfig:
     appearance_encoder: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(TINY_CLIP_VISION_CONFIG))
     motion_adapter: dict[str, Any] | None = field(default_factory=lambda: copy.deepcopy(TINY_MOTION_ADAPTER_CONFIG))
     vae: dict[str, Any] | None = field(default_factory=lambda: copy.deepcopy(TINY_VAE_CONFIG))
-    render_channels: int = 4  # the I_R latent concatenated with z_t
+    render_channels: int = 4  # the I_R latent concatenated with z_t; 0 = the ablation without I_R
     image_mean: tuple[float, float, float] = CLIP_IMAGE_MEAN
     image_std: tuple[float, float, float] = CLIP_IMAGE_STD
     condition_dropout: float = 0.1  # classifier-free guidance: P(appearance condition -> null) in training

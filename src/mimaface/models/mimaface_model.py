@@ -225,8 +225,9 @@ class MIMAFaceModel(nn.Module):
             m = self._mask(ica_mask, b, f, video, h, w).to(s)
 
         flat = (lambda x: x.flatten(0, 1)) if video else (lambda x: x)
-        out = self.denoiser(flat(noisy_latents), timesteps, condition, flat(render_latents), s, m,
-                            num_frames=f if video else None)
+        # With render_channels = 0 (the ablation without I_R) the render is not shown to the UNet.
+        render = flat(render_latents)[:, : self.config.render_channels]
+        out = self.denoiser(flat(noisy_latents), timesteps, condition, render, s, m, num_frames=f if video else None)
         sample = out.unflatten(0, (b, f)) if video else out
         if return_dict:
             return MIMAFaceOutput(sample=sample, condition=condition, id_token=id_token, dropped=dropped)
