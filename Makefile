@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench face-model tiny-model estimator evaluate
+.PHONY: install demo test bench face-model tiny-model estimator evaluate benchmark
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,7 @@ evaluate: $(STAMP)
 	test -d runs/synthtalk64 || $(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
 	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 -o runs/eval_tiny
 	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 --no-ica -o runs/eval_tiny_noica
+
+# The ablation benchmark (stage-1 variants x 2 seeds, evaluated; rewrites the README section). Hours on 2 cores; resumes.
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark.py --runs runs

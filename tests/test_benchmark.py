@@ -1,0 +1,42 @@
+"""The ablation benchmark's bookkeeping: run folders, train commands, and the table's arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mimaface.evaluation.benchmark import (
+    VARIANTS,
+    benchmark_table,
+    run_dir,
+    train_command,
+)
+
+VARIANT = {v.key: v for v in VARIANTS}
+
+
+def test_runs_and_commands(tmp_path):
+    assert run_dir(tmp_path, VARIANT["full"], 0) == tmp_path / "tiny-1"  # the bundled model's stage 1
+    assert run_dir(tmp_path, VARIANT["nomod"], 1) == tmp_path / "abl-nomod-s1"
+    command = train_command(tmp_path, tmp_path / "data", Path("configs/tiny.yaml"), VARIANT["nomod"], 1)
+    assert "model.overrides.mia.modulation=none" in command and "seed=1" in command and "--resume" not in command
+    assert command[command.index("--output") + 1] == str(tmp_path / "abl-nomod-s1")
+    (tmp_path / "abl-nomod-s1" / "checkpoints").mkdir(parents=True)
+    assert "--resume" in train_command(tmp_path, tmp_path / "data", Path("configs/tiny.yaml"), VARIANT["nomod"], 1)
+
+
+def _table(psnr: float, pose: float) -> dict:
+    row = {"psnr": psnr, "ssim": 0.5, "pose_error": pose, "csim": 0.7, "fd": 20.0}
+    return {"same": {"generated": row}, "cross": {"generated": row}}
+
+
+def test_table_means_spreads_and_marks():
+    results = {"full": {0: _table(20.0, 8.0), 1: _table(20.4, 8.2)},
+               "norender": {0: _table(17.0, 8.1), 1: _table(17.2, 8.3)},
+               "noid": {0: _table(20.1, 8.0)}}
+    lines = benchmark_table(results, "cross").splitlines()
+    assert len(lines) == 2 + 3  # header, rule, three variants (the others have no results)
+    full, norender, noid = lines[2:]
+    assert full.startswith("| full") and "| 2 |" in full and "20.20 ± 0.200" in full and "*" not in full
+    # PSNR 17.1 vs 20.2 is far beyond the spreads (0.1 + 0.2): marked; pose 8.2 vs 8.1 is not
+    assert "17.10 ± 0.100 *" in norender and "8.200 ± 0.100 |" in norender
+    assert "| 1 |" in noid and "20.10 |" in noid and "*" not in noid  # one seed: no spread, no verdict
