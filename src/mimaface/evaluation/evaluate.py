@@ -185,12 +185,15 @@ class Evaluator:
         features = self.reader.read(pair.reference, pair.motion.identity).features
         return features[np.isfinite(features).all(1)]
 
-    def measure(self, pair: Pair, frames: np.ndarray, clip_starts: list[int]) -> dict:
+    def source_embedding(self, pair: Pair) -> np.ndarray:
+        """The reader's identity embedding of the pair's source image (NaN when it finds no face)."""
+        return self.reader.read(pair.source_frame[None], pair.motion.identity).embedding[0]
+
+    def measure(self, pair: Pair, frames: np.ndarray, clip_starts: list[int], source: np.ndarray) -> dict:
         """Scalar metrics of one pair plus per-frame errors and features (kept for plots and FD).
-        Frames where the reader finds no face are left out of its averages (``face_found``)."""
-        identity = pair.motion.identity
-        read = self.reader.read(frames, identity)
-        source = self.reader.read(pair.source_frame[None], identity).embedding[0]
+        ``source``: :meth:`source_embedding` of the pair. Frames where the reader finds no face are
+        left out of its averages (``face_found``)."""
+        read = self.reader.read(frames, pair.motion.identity)
         target = {k: getattr(pair.motion, k) for k in ("pose", "expression", "gaze")}
         pose_error = np.abs(read.pose[:, :3] - target["pose"][:, :3]).mean(1)
         expression_error = np.abs(read.expression - target["expression"]).mean(1)
@@ -243,10 +246,11 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
         rows = {GENERATED: generated.frames, "ground truth": pair.truth,
                 "source held still": np.repeat(pair.source_frame[None], len(generated.frames), 0),
                 "I_R only": np.repeat(generated.renders[..., None], 3, -1)}
+        source = evaluator.source_embedding(pair)
         for row, frames in rows.items():
             if frames is None:
                 continue
-            measured = evaluator.measure(pair, frames, generated.clip_starts)
+            measured = evaluator.measure(pair, frames, generated.clip_starts, source)
             measured["pair"] = pair.name
             results[pair.mode].setdefault(row, []).append(measured)
             feature_sets[pair.mode].setdefault(row, []).append(measured.pop("features"))

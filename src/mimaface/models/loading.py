@@ -105,13 +105,7 @@ def load_unet(folder: Path, in_channels: tuple[int, ...], what: str, how: str,
         raise ModelLoadError(f"{what} in '{folder}' takes {config.get('in_channels')} input channels where "
                              f"{' or '.join(map(str, in_channels))} are needed (an inpainting or otherwise modified "
                              f"UNet?); expected {how}")
-    try:
-        unet, info = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, output_loading_info=True,
-                                                          torch_dtype=dtype, variant=variant)
-    except Exception as exc:  # noqa: BLE001 -- whatever diffusers raises becomes one clear line
-        raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None
-    _check_info(info, folder, what, how)
-    return unet
+    return _from_pretrained(UNet2DConditionModel, folder, what, how, torch_dtype=dtype, variant=variant)
 
 
 VAE_HOW = ("a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors): SD-1.5's "
@@ -126,13 +120,7 @@ def load_vae(folder: Path, what: str = "VAE", how: str = VAE_HOW, dtype: torch.d
     kind = _kind(config)
     if kind != "AutoencoderKL":
         raise ModelLoadError(f"{what} folder '{folder}' holds {kind}, not an AutoencoderKL; expected {how}")
-    try:
-        vae, info = AutoencoderKL.from_pretrained(folder, local_files_only=True, output_loading_info=True,
-                                                  torch_dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 -- whatever diffusers raises becomes one clear line
-        raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None
-    _check_info(info, folder, what, how)
-    return vae
+    return _from_pretrained(AutoencoderKL, folder, what, how, torch_dtype=dtype)
 
 
 def load_clip_vision(folder: Path, what: str = "CLIP vision encoder", how: str = CLIP_HOW,
@@ -144,16 +132,8 @@ def load_clip_vision(folder: Path, what: str = "CLIP vision encoder", how: str =
     model_type = config.get("model_type")
     if model_type not in ("clip", "clip_vision_model"):
         raise ModelLoadError(f"{what} folder '{folder}' holds {_kind(config)}, not a CLIP model; expected {how}")
-    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    try:
-        with quiet_transformers():
-            model, info = CLIPVisionModel.from_pretrained(folder, **kwargs)
-    except Exception as exc:  # noqa: BLE001 -- any library error becomes one clear line
-        raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None
-    _check_info(info, folder, what, how)
-    return model
+    with quiet_transformers():
+        return _from_pretrained(CLIPVisionModel, folder, what, how, **({} if dtype is None else {"dtype": dtype}))
 
 
 def load_motion_adapter(path: Path, what: str = "AnimateDiff motion adapter", how: str = ADAPTER_HOW,
@@ -167,13 +147,20 @@ def load_motion_adapter(path: Path, what: str = "AnimateDiff motion adapter", ho
     kind = _kind(config)
     if kind != "MotionAdapter":
         raise ModelLoadError(f"{what} folder '{path}' holds {kind}, not a MotionAdapter; expected {how}")
+    # The sinusoidal position tables are recomputed, so their absence is expected.
+    return _from_pretrained(MotionAdapter, path, what, how, allow_missing=(".pe",), torch_dtype=dtype)
+
+
+def _from_pretrained(cls: Any, folder: Path, what: str, how: str, allow_missing: tuple[str, ...] = (),
+                     **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` from a local folder; any library error, missing or unexpected weight
+    becomes one ModelLoadError line."""
     try:
-        adapter, info = MotionAdapter.from_pretrained(path, local_files_only=True, output_loading_info=True,
-                                                      torch_dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 -- any library error becomes one clear line
-        raise ModelLoadError(f"{what} in '{path}' could not be loaded ({_summary(exc)}); expected {how}") from None
-    _check_info(info, path, what, how, allow_missing=(".pe",))  # sinusoidal tables are recomputed
-    return adapter
+        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- whatever the library raises becomes one clear line
+        raise ModelLoadError(f"{what} in '{folder}' could not be loaded ({_summary(exc)}); expected {how}") from None
+    _check_info(info, folder, what, how, allow_missing=allow_missing)
+    return model
 
 
 def _motion_adapter_from_file(path: Path, what: str, how: str, dtype: torch.dtype | None) -> Any:
