@@ -36,9 +36,11 @@ face-model: $(STAMP)
 # The bundled tiny model, from scratch (SynthTalk -> VAE -> stage 1 -> stage 2 -> src/mimaface/assets/tiny_model).
 # About 90 minutes on 2 CPU cores; re-running resumes what is done.
 TRAIN := $(VENV)/bin/mimaface train --config configs/tiny.yaml --data runs/synthtalk64
+SYNTH64 := $(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
+TINY_VAE := test -d runs/tiny-vae/final || $(TRAIN) --stage vae --output runs/tiny-vae $(if $(wildcard runs/tiny-vae/checkpoints),--resume)
 tiny-model: $(STAMP)
-	$(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
-	test -d runs/tiny-vae/final || $(TRAIN) --stage vae --output runs/tiny-vae $(if $(wildcard runs/tiny-vae/checkpoints),--resume)
+	$(SYNTH64)
+	$(TINY_VAE)
 	test -d runs/tiny-1/final || $(TRAIN) --stage 1 --vae runs/tiny-vae/final --output runs/tiny-1 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-1/checkpoints),--resume)
 	test -d runs/tiny-2/final || $(TRAIN) --stage 2 --pretrained runs/tiny-1/final --output runs/tiny-2 data.latent_cache=runs/latents $(if $(wildcard runs/tiny-2/checkpoints),--resume)
 	$(PY) scripts/export_tiny_model.py --runs runs
@@ -51,10 +53,13 @@ estimator: $(STAMP)
 
 # The evaluation of the bundled tiny model on 20 held-out SynthTalk clips, with and without ICA.
 evaluate: $(STAMP)
-	test -d runs/synthtalk64 || $(VENV)/bin/mimaface synth -o runs/synthtalk64 --identities 400 --clips-per-identity 2 --frames 24 --size 64 --workers 1
+	test -d runs/synthtalk64 || $(SYNTH64)
 	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 -o runs/eval_tiny
 	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 --no-ica -o runs/eval_tiny_noica
 
-# The ablation benchmark (stage-1 variants x 2 seeds, evaluated; rewrites the README section). Hours on 2 cores; resumes.
+# The ablation benchmark (5 stage-1 variants x 2 seeds, evaluated; rewrites the README section).
+# About 3 hours on 2 cores; re-running resumes.
 benchmark: $(STAMP)
-	$(PY) scripts/benchmark.py --runs runs
+	test -d runs/synthtalk64 || $(SYNTH64)
+	$(TINY_VAE)
+	$(PY) scripts/benchmark.py --runs runs --jobs 2

@@ -1,28 +1,31 @@
 """The ablation benchmark: train what is missing, evaluate every run, rewrite the README section.
 
 ``python scripts/benchmark.py`` (``make benchmark``) trains, for every variant in
-``mimaface.evaluation.benchmark.VARIANTS`` and both seeds, stage 1 of the tiny model with the full
-model's budget (resuming interrupted runs), evaluates each on the first ``--max-clips`` held-out
-clips, and writes the tables to ``docs/benchmark.md`` and between the README's benchmark markers.
-About 45 minutes of one core per run; re-running skips what is done.
+``mimaface.evaluation.benchmark.VARIANTS`` and both seeds, stage 1 of the tiny model for
+``STEPS`` steps (resuming interrupted runs), evaluates each on the first ``--max-clips`` held-out
+clips (resuming interrupted evaluations), and writes the tables to ``docs/benchmark.md`` and
+between the README's benchmark markers. ``--jobs N`` runs N of them at once (one core each);
+about 30 minutes of one core per run plus 5 for its evaluation; re-running skips what is done.
+Each run's output goes to ``RUNS/benchmark/logs/KEY-sSEED.log``.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mimaface.cli import main as cli_main
 from mimaface.evaluation.benchmark import (
     SEEDS,
     VARIANTS,
+    Variant,
     benchmark_table,
     load_results,
     run_dir,
     train_command,
 )
-from mimaface.evaluation.evaluate import EvaluateOptions, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
@@ -34,22 +37,35 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="default: RUNS/synthtalk64")
     parser.add_argument("--max-clips", type=int, default=20)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained and evaluated at once")
     args = parser.parse_args()
     runs = args.runs.resolve()
     data = (args.data or runs / "synthtalk64").resolve()
     reports = runs / "benchmark"
-    for variant in VARIANTS:
-        for seed in SEEDS:
-            folder = run_dir(runs, variant, seed)
-            if not (folder / "final").is_dir():
-                print(f"training {variant.label}, seed {seed} -> {folder}", flush=True)
-                if cli_main(train_command(runs, data, REPO / "configs" / "tiny.yaml", variant, seed)) != 0:
-                    sys.exit(f"training {folder} failed")
-            report = reports / f"{variant.key}-s{seed}"
-            if not (report / "metrics.json").is_file():
-                print(f"evaluating {folder}", flush=True)
-                evaluate(folder / "final", data, report,
-                         EvaluateOptions(max_clips=args.max_clips, num_inference_steps=args.steps))
+    (reports / "logs").mkdir(parents=True, exist_ok=True)
+
+    def train_and_evaluate(job: tuple[Variant, int]) -> str | None:
+        """Train one run if it has no final model, evaluate it if it has no report; an error or None."""
+        variant, seed = job
+        name, folder, report = f"{variant.key}-s{seed}", run_dir(runs, variant, seed), reports / f"{variant.key}-s{seed}"
+        steps = [] if (folder / "final").is_dir() else [
+            ("training", train_command(runs, data, REPO / "configs" / "tiny.yaml", variant, seed))]
+        if not (report / "metrics.json").is_file():
+            steps.append(("evaluating", ["evaluate", "--checkpoint", str(folder / "final"), "--data", str(data),
+                                         "-o", str(report), "--max-clips", str(args.max_clips),
+                                         "--steps", str(args.steps), "-q"]))
+        log = reports / "logs" / f"{name}.log"
+        for what, command in steps:
+            print(f"{what} {variant.label}, seed {seed} ({folder})", flush=True)
+            with open(log, "a") as out:
+                if subprocess.run([sys.executable, "-m", "mimaface.cli", *command], stdout=out,
+                                  stderr=subprocess.STDOUT).returncode != 0:
+                    return f"{what} {name} failed: see {log}"
+        return None
+
+    jobs = [(variant, seed) for variant in VARIANTS for seed in SEEDS]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        failures = [error for error in pool.map(train_and_evaluate, jobs) if error]
     results = load_results(reports)
     text = "\n\n".join(f"**{mode}-identity**\n\n{benchmark_table(results, mode)}" for mode in ("same", "cross"))
     (REPO / "docs" / "benchmark.md").write_text(text + "\n")
@@ -59,6 +75,8 @@ def main() -> None:
         readme = head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1]
         (REPO / "README.md").write_text(readme)
     print(text)
+    if failures:
+        sys.exit("\n".join(failures))
 
 
 if __name__ == "__main__":

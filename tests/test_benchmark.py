@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mimaface.evaluation.benchmark import (
+    STEPS,
     VARIANTS,
     benchmark_table,
     run_dir,
@@ -15,12 +16,15 @@ VARIANT = {v.key: v for v in VARIANTS}
 
 
 def test_runs_and_commands(tmp_path):
-    assert run_dir(tmp_path, VARIANT["full"], 0) == tmp_path / "tiny-1"  # the bundled model's stage 1
-    assert run_dir(tmp_path, VARIANT["nomod"], 1) == tmp_path / "abl-nomod-s1"
+    assert run_dir(tmp_path, VARIANT["full"], 0) == tmp_path / "bench-full-s0"
+    assert run_dir(tmp_path, VARIANT["nomod"], 1) == tmp_path / "bench-nomod-s1"
     command = train_command(tmp_path, tmp_path / "data", Path("configs/tiny.yaml"), VARIANT["nomod"], 1)
     assert "model.overrides.mia.modulation=none" in command and "seed=1" in command and "--resume" not in command
-    assert command[command.index("--output") + 1] == str(tmp_path / "abl-nomod-s1")
-    (tmp_path / "abl-nomod-s1" / "checkpoints").mkdir(parents=True)
+    assert f"stage1.steps={STEPS}" in command  # every variant the same budget
+    assert command[command.index("--output") + 1] == str(tmp_path / "bench-nomod-s1")
+    full = train_command(tmp_path, tmp_path / "data", Path("configs/tiny.yaml"), VARIANT["full"], 0)
+    assert not any(arg.startswith("model.overrides") for arg in full)
+    (tmp_path / "bench-nomod-s1" / "checkpoints").mkdir(parents=True)
     assert "--resume" in train_command(tmp_path, tmp_path / "data", Path("configs/tiny.yaml"), VARIANT["nomod"], 1)
 
 

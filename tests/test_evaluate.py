@@ -4,6 +4,7 @@ written, and the figures agree with metrics computed independently from the same
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -115,3 +116,34 @@ def test_evaluate_real_faces_reads_them_with_face3d_and_dlib(real_faces, checkpo
     assert truth["csim"] > 0.95  # the same person in every frame
     assert "fd" in still and "CSIM-dlib" in (tmp_path / "report" / "metrics.md").read_text()
     assert 0 <= table["generated"]["face_found"] <= 1
+
+
+def test_interrupted_evaluation_resumes_without_regenerating(tiny_synthtalk, checkpoint, tmp_path, monkeypatch):
+    from mimaface.evaluation.evaluate import evaluate
+    from mimaface.pipelines.pipeline import MIMAFacePipeline
+
+    options = EvaluateOptions(modes=("same",), num_inference_steps=1, figures=0)
+    original, calls, interrupt = MIMAFacePipeline.__call__, [], [True]
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        if interrupt and len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MIMAFacePipeline, "__call__", counted)
+    report = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(checkpoint, tiny_synthtalk, report, options, progress=False)
+    assert len(list((report / "generated").glob("*.npz"))) == 2  # the two pairs made before the interruption
+
+    interrupt.clear()
+    calls.clear()
+    resumed = evaluate(checkpoint, tiny_synthtalk, report, options, progress=False)
+    assert len(calls) == 2  # only the two pairs that were missing
+    fresh = evaluate(checkpoint, tiny_synthtalk, tmp_path / "fresh", options, progress=False)
+    assert resumed["table"] == fresh["table"]
+    # Another sampling setting: the kept videos are discarded and all four generated again.
+    calls.clear()
+    evaluate(checkpoint, tiny_synthtalk, report, dataclasses.replace(options, num_inference_steps=2), progress=False)
+    assert len(calls) == 4

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,7 @@ from mimaface.evaluation.perceptual import (
     frechet_distance_of_features,
 )
 from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.pipelines.pipeline import MIMAFacePipeline
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, AnimationOutput, MIMAFacePipeline
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.synthtalk import SynthConfig, render_identity
 
@@ -162,6 +165,50 @@ class RealFaceReader:
         return FaceReading(pose, expression, gaze, unit, descriptors)
 
 
+class GeneratedVideos:
+    """The generated frames of every pair, kept in ``REPORT/generated/`` as they are made, so an
+    interrupted evaluation resumes where it stopped and a re-run re-measures without generating.
+    ``key`` names what determines them (checkpoint, data, sampling); files made under another key
+    are discarded."""
+
+    def __init__(self, folder: Path, key: dict) -> None:
+        self.folder = folder
+        key_file = folder / "key.json"
+        if key_file.is_file() and json.loads(key_file.read_text()) != key:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps(key, indent=1) + "\n")
+
+    def _path(self, pair: Pair) -> Path:
+        return self.folder / f"{pair.mode}_{pair.source.identity}_{pair.source.clip}.npz"
+
+    def __contains__(self, pair: Pair) -> bool:
+        return self._path(pair).is_file()
+
+    def load(self, pair: Pair) -> AnimationOutput:
+        with np.load(self._path(pair)) as f:
+            return AnimationOutput(f["frames"], f["renders"], f["clip_starts"].tolist())
+
+    def save(self, pair: Pair, generated: AnimationOutput) -> None:
+        partial = self._path(pair).with_suffix(".part.npz")
+        np.savez_compressed(partial, frames=generated.frames, renders=generated.renders,
+                            clip_starts=np.asarray(generated.clip_starts))
+        os.replace(partial, self._path(pair))
+
+
+def _generation_key(checkpoint: str | Path | None, data: Path, options: EvaluateOptions) -> dict:
+    """What the generated frames depend on; the checkpoint by its weight files' names, sizes and times."""
+    folder = Path(checkpoint) if checkpoint is not None else BUNDLED_MODEL
+    weights = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            stat = f.stat()
+            weights.update(f"{f.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return {"checkpoint": str(folder.resolve()), "weights": weights.hexdigest(), "data": str(data.resolve()),
+            **{k: getattr(options, k) for k in ("split", "max_clips", "num_inference_steps", "guidance_scale",
+                                                "seed", "use_ica")}}
+
+
 class Evaluator:
     """Holds the networks and measures one pair's frames against its ground truth."""
 
@@ -236,10 +283,18 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
     reference_features: dict[str, list[np.ndarray]] = {mode: [] for mode in options.modes}
     kept: dict[str, list[np.ndarray]] = {mode: [] for mode in options.modes}  # generated frames, for FID
     clip_starts: list[int] = []
+    videos = GeneratedVideos(output / "generated", _generation_key(checkpoint, Path(data), options))
+    done = sum(pair in videos for pair in pairs)
+    if done and progress:
+        print(f"{output / 'generated'}: {done} of {len(pairs)} pairs already generated, measuring them again")
     for index, pair in enumerate(tqdm(pairs, desc="pairs", disable=not progress)):
-        generated = pipeline(pair.source_frame, pair.motion, num_inference_steps=options.num_inference_steps,
-                             guidance_scale=options.guidance_scale, seed=options.seed, use_ica=options.use_ica,
-                             progress=False)
+        if pair in videos:
+            generated = videos.load(pair)
+        else:
+            generated = pipeline(pair.source_frame, pair.motion, num_inference_steps=options.num_inference_steps,
+                                 guidance_scale=options.guidance_scale, seed=options.seed, use_ica=options.use_ica,
+                                 progress=False)
+            videos.save(pair, generated)
         clip_starts = generated.clip_starts
         if evaluator.inception is not None:
             kept[pair.mode].append(generated.frames)
