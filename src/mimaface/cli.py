@@ -149,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(args.checkpoint, args.data, args.output, options, progress=not args.quiet)
     print((Path(args.output) / "metrics.md").read_text())
     print(f"wrote {args.output}/ (metrics.md, metrics.json, metrics.csv, per_pair.json, distributions.png, "
-          f"over_frames.png, figures/)")
+          f"over_frames.png, figures/, generated/)")
 
 
 def torch_threads(threads: int | None) -> None:
