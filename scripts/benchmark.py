@@ -51,9 +51,10 @@ def main() -> None:
         steps = [] if (folder / "final").is_dir() else [
             ("training", train_command(runs, data, REPO / "configs" / "tiny.yaml", variant, seed))]
         if not (report / "metrics.json").is_file():
+            # A stage-1 model's W_cond is zero: ICA would change nothing but add the overlap frames' cost.
             steps.append(("evaluating", ["evaluate", "--checkpoint", str(folder / "final"), "--data", str(data),
                                          "-o", str(report), "--max-clips", str(args.max_clips),
-                                         "--steps", str(args.steps), "-q"]))
+                                         "--steps", str(args.steps), "--no-ica", "-q"]))
         log = reports / "logs" / f"{name}.log"
         for what, command in steps:
             print(f"{what} {variant.label}, seed {seed} ({folder})", flush=True)
