@@ -3,7 +3,8 @@
 ``python scripts/benchmark.py`` (``make benchmark``) trains, for every variant in
 ``mimaface.evaluation.benchmark.VARIANTS`` and both seeds, stage 1 of the tiny model for
 ``STEPS`` steps (resuming interrupted runs), evaluates each on the first ``--max-clips`` held-out
-clips (resuming interrupted evaluations), and writes the tables to ``docs/benchmark.md`` and
+clips (resuming interrupted evaluations), evaluates the bundled video model with and without ICA
+with two sampling seeds, and writes the tables to ``docs/benchmark.md`` and
 between the README's benchmark markers. ``--jobs N`` runs N of them at once (one core each);
 about 30 minutes of one core per run plus 5 for its evaluation; re-running skips what is done.
 Each run's output goes to ``RUNS/benchmark/logs/KEY-sSEED.log``.
@@ -18,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mimaface.evaluation.benchmark import (
+    INFERENCE,
     SEEDS,
     VARIANTS,
+    VIDEO_METRICS,
+    InferenceSetting,
     Variant,
     benchmark_table,
     load_results,
@@ -44,31 +48,45 @@ def main() -> None:
     reports = runs / "benchmark"
     (reports / "logs").mkdir(parents=True, exist_ok=True)
 
-    def train_and_evaluate(job: tuple[Variant, int]) -> str | None:
-        """Train one run if it has no final model, evaluate it if it has no report; an error or None."""
-        variant, seed = job
-        name, folder, report = f"{variant.key}-s{seed}", run_dir(runs, variant, seed), reports / f"{variant.key}-s{seed}"
-        steps = [] if (folder / "final").is_dir() else [
-            ("training", train_command(runs, data, REPO / "configs" / "tiny.yaml", variant, seed))]
-        if not (report / "metrics.json").is_file():
-            # A stage-1 model's W_cond is zero: ICA would change nothing but add the overlap frames' cost.
-            steps.append(("evaluating", ["evaluate", "--checkpoint", str(folder / "final"), "--data", str(data),
-                                         "-o", str(report), "--max-clips", str(args.max_clips),
-                                         "--steps", str(args.steps), "--no-ica", "-q"]))
+    def run(steps: list[tuple[str, list[str]]], name: str) -> str | None:
+        """Run ``mimaface`` commands one after the other into ``logs/NAME.log``; an error or None."""
         log = reports / "logs" / f"{name}.log"
         for what, command in steps:
-            print(f"{what} {variant.label}, seed {seed} ({folder})", flush=True)
+            print(f"{what} {name}", flush=True)
             with open(log, "a") as out:
                 if subprocess.run([sys.executable, "-m", "mimaface.cli", *command], stdout=out,
                                   stderr=subprocess.STDOUT).returncode != 0:
                     return f"{what} {name} failed: see {log}"
         return None
 
-    jobs = [(variant, seed) for variant in VARIANTS for seed in SEEDS]
+    def evaluation(report: Path, *flags: str) -> list[tuple[str, list[str]]]:
+        if (report / "metrics.json").is_file():
+            return []
+        return [("evaluating", ["evaluate", "--data", str(data), "-o", str(report), "--max-clips", str(args.max_clips),
+                                "--steps", str(args.steps), *flags, "-q"])]
+
+    def job(item: tuple[Variant | InferenceSetting, int]) -> str | None:
+        setting, seed = item
+        name = f"{setting.key}-s{seed}"
+        if isinstance(setting, InferenceSetting):  # the bundled model
+            return run(evaluation(reports / name, "--seed", str(seed), *setting.flags), name)
+        folder = run_dir(runs, setting, seed)
+        training = [] if (folder / "final").is_dir() else [
+            ("training", train_command(runs, data, REPO / "configs" / "tiny.yaml", setting, seed))]
+        # A stage-1 model's W_cond is zero: ICA would change nothing but add the overlap frames' cost.
+        return run(training + evaluation(reports / name, "--checkpoint", str(folder / "final"), "--no-ica"), name)
+
+    items = [(setting, seed) for setting in (*VARIANTS, *INFERENCE) for seed in SEEDS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        failures = [error for error in pool.map(train_and_evaluate, jobs) if error]
-    results = load_results(reports)
-    text = "\n\n".join(f"**{mode}-identity**\n\n{benchmark_table(results, mode)}" for mode in ("same", "cross"))
+        failures = [error for error in pool.map(job, items) if error]
+    variants = load_results(reports, [v.key for v in VARIANTS])
+    videos = load_results(reports, [s.key for s in INFERENCE])
+    text = "\n\n".join(
+        [f"**{mode}-identity, stage-1 variants**\n\n"
+         f"{benchmark_table(variants, mode, [(v.key, v.label) for v in VARIANTS])}" for mode in ("same", "cross")]
+        + [f"**{mode}-identity, video**\n\n"
+           f"{benchmark_table(videos, mode, [(s.key, s.label) for s in INFERENCE], VIDEO_METRICS)}"
+           for mode in ("same", "cross")])
     (REPO / "docs" / "benchmark.md").write_text(text + "\n")
     readme = (REPO / "README.md").read_text()
     if START in readme and END in readme:
