@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--max-clips", type=int, default=20)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--jobs", type=int, default=1, help="runs trained and evaluated at once")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only evaluate the runs that are trained (e.g. while they train elsewhere)")
     args = parser.parse_args()
     runs = args.runs.resolve()
     data = (args.data or runs / "synthtalk64").resolve()
@@ -71,6 +73,8 @@ def main() -> None:
         if isinstance(setting, InferenceSetting):  # the bundled model
             return run(evaluation(reports / name, "--seed", str(seed), *setting.flags), name)
         folder = run_dir(runs, setting, seed)
+        if args.no_train and not (folder / "final").is_dir():
+            return None
         training = [] if (folder / "final").is_dir() else [
             ("training", train_command(runs, data, REPO / "configs" / "tiny.yaml", setting, seed))]
         # A stage-1 model's W_cond is zero: ICA would change nothing but add the overlap frames' cost.
