@@ -13,6 +13,7 @@ Each run's output goes to ``RUNS/benchmark/logs/KEY-sSEED.log``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,8 @@ def main() -> None:
     data = (args.data or runs / "synthtalk64").resolve()
     reports = runs / "benchmark"
     (reports / "logs").mkdir(parents=True, exist_ok=True)
+    # The cores shared among the jobs (training sets its own threads: torch_threads in the config).
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs)), **os.environ}
 
     def run(steps: list[tuple[str, list[str]]], name: str) -> str | None:
         """Run ``mimaface`` commands one after the other into ``logs/NAME.log``; an error or None."""
@@ -57,7 +60,7 @@ def main() -> None:
             print(f"{what} {name}", flush=True)
             with open(log, "a") as out:
                 if subprocess.run([sys.executable, "-m", "mimaface.cli", *command], stdout=out,
-                                  stderr=subprocess.STDOUT).returncode != 0:
+                                  stderr=subprocess.STDOUT, env=env).returncode != 0:
                     return f"{what} {name} failed: see {log}"
         return None
 
