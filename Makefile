@@ -58,7 +58,7 @@ evaluate: $(STAMP)
 	$(VENV)/bin/mimaface evaluate --data runs/synthtalk64 --max-clips 20 --no-ica -o runs/eval_tiny_noica
 
 # The ablation benchmark (5 stage-1 variants x 2 seeds, evaluated; rewrites the README section).
-# About 3 hours on 2 cores; re-running resumes.
+# About 4 to 5 hours on 2 cores; re-running resumes.
 benchmark: $(STAMP)
 	test -d runs/synthtalk64 || $(SYNTH64)
 	$(TINY_VAE)

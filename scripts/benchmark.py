@@ -6,7 +6,7 @@
 clips (resuming interrupted evaluations), evaluates the bundled video model with and without ICA
 with two sampling seeds, and writes the tables to ``docs/benchmark.md`` and
 between the README's benchmark markers. ``--jobs N`` runs N of them at once (one core each);
-about 30 minutes of one core per run plus 5 for its evaluation; re-running skips what is done.
+about 33 minutes per run and 10 per evaluation, two at a time; re-running skips what is done.
 Each run's output goes to ``RUNS/benchmark/logs/KEY-sSEED.log``.
 """
 
