@@ -48,9 +48,8 @@ def main() -> None:
             pipeline.model.half()
             pipeline.vae.half()
     size = pipeline.image_size
-    motion = motion_from_json(asset_path("talk.json"))
-    index = np.arange(args.frames) % motion.num_frames
-    motion.pose, motion.expression, motion.gaze = motion.pose[index], motion.expression[index], motion.gaze[index]
+    talk = motion_from_json(asset_path("talk.json"))
+    motion = talk.select(np.arange(args.frames) % talk.num_frames)
     motion.image_size = (size, size)
     source = np.full((size, size, 3), 127, np.uint8)
     print(f"{args.scale} on {args.device}: {size} px, clips of {pipeline.default_clip_length}, {args.steps} steps, "

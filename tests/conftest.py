@@ -44,20 +44,17 @@ def tiny_synthtalk(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
-    """A random-weight model folder in the layout training writes (clips of 6 frames, 64 px)."""
-    import json
-
+    """A random-weight pipeline folder in the layout training writes (clips of 6 frames, 64 px)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers import AutoencoderKL, DDIMScheduler
 
     from mimaface.models import MIMAFaceConfig, MIMAFaceModel
     from mimaface.models.config import TINY_VAE_CONFIG
+    from mimaface.pipelines.pipeline import MIMAFacePipeline
     from mimaface.training.tasks import SD15_NOISE_SCHEDULE
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model") / "final"
-    MIMAFaceModel(MIMAFaceConfig.tiny()).save_pretrained(folder)
-    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(folder / "vae")
-    DDPMScheduler(**SD15_NOISE_SCHEDULE).save_pretrained(folder / "scheduler")
-    (folder / "pipeline_config.json").write_text(json.dumps({"image_size": 64, "clip_length": 6}))
+    MIMAFacePipeline(MIMAFaceModel(MIMAFaceConfig.tiny()), AutoencoderKL(**TINY_VAE_CONFIG),
+                     DDIMScheduler(**SD15_NOISE_SCHEDULE), image_size=64, clip_length=6).save_pretrained(folder)
     return folder

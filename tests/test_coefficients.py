@@ -88,3 +88,42 @@ def test_json_errors_name_the_problem(model, tmp_path):
         motion_from_json(tmp_path / "broken.json", model)
     with pytest.raises(InputError, match="interpolation"):
         motion_from_json({"interpolation": "cubic", "frames": [{"yaw": 0}]}, model)
+
+
+def test_select_frames_with_and_without_landmarks(model):
+    motion = make_motion(model, frames=6)
+    motion.extra = {"mode": "talking"}
+    picked = motion.select([4, 0, 4, -1])
+    for key in ("pose", "expression", "gaze", "landmarks"):
+        np.testing.assert_array_equal(getattr(picked, key), getattr(motion, key)[[4, 0, 4, 5]])
+    assert picked.num_frames == 4
+    np.testing.assert_array_equal(picked.identity, motion.identity)
+    assert (picked.expression_names, picked.identity_names) == (model.expression_names, model.identity_names)
+    assert (picked.fps, picked.image_size, picked.extra) == (30.0, (640, 480), {"mode": "talking"})
+    picked.identity[0] += 1.0
+    picked.pose[0, 0] += 1.0
+    assert picked.identity[0] == motion.identity[0] + 1.0 and picked.pose[0, 0] == motion.pose[4, 0] + 1.0  # copies
+
+    tail = motion.select(slice(1, None, 2))
+    for key in ("pose", "expression", "gaze", "landmarks"):
+        np.testing.assert_array_equal(getattr(tail, key), getattr(motion, key)[[1, 3, 5]])
+    motion.landmarks = None
+    first = motion.select(np.array([0]))
+    assert first.landmarks is None and first.num_frames == 1
+    np.testing.assert_array_equal(first.pose, motion.pose[:1])
+
+
+def test_select_errors(model):
+    motion = make_motion(model, frames=5)
+    with pytest.raises(InputError, match=r"frame index 5 is out of range for a motion of 5 frames \(valid: -5 to 4\)"):
+        motion.select([0, 5])
+    with pytest.raises(InputError, match="frame index -6 is out of range"):
+        motion.select(np.array([-6]))
+    with pytest.raises(InputError, match="holds no frames"):
+        motion.select([])
+    with pytest.raises(InputError, match="holds no frames"):
+        motion.select(slice(3, 3))
+    with pytest.raises(InputError, match="must be integers"):
+        motion.select([0.0, 1.0])
+    with pytest.raises(InputError, match=r"sequence of frame indices or a slice, got an array of shape \(\)"):
+        motion.select(2)

@@ -241,3 +241,28 @@ def test_each_frame_is_read_once(tmp_path):
                                     append_images=[Image.fromarray(f) for f in frames[1:]])
     video, _ = read_video(tmp_path / "anim.gif")  # frames of different durations
     assert len(video) == 3 and np.allclose(video[:, 0, 0, 0], [0, 120, 240], atol=3)
+
+
+def _audio_duration(path) -> float:
+    """Seconds of decoded audio (8 kHz mono 16-bit samples counted)."""
+    import imageio_ffmpeg
+
+    pcm = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1",
+                          "-ar", "8000", "-f", "s16le", "-"], check=True, capture_output=True).stdout
+    return len(pcm) / 2 / 8000
+
+
+@pytest.mark.parametrize("audio_seconds", [1.57, 2.5])
+def test_muxed_audio_is_padded_or_cut_to_the_frames(tmp_path, audio_seconds):
+    """N frames in, N frames out, whatever the audio's length (a 1.57 s track under 1.60 s of video
+    used to cost the last frame)."""
+    import imageio_ffmpeg
+
+    audio = tmp_path / "voice.m4a"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency=220:duration={audio_seconds}", "-c:a", "aac", str(audio)], check=True)
+    out = tmp_path / "out.mp4"
+    assert write_video(out, moving_frames(40), 25, audio_from=audio) == 40
+    assert probe_video(out).num_frames == 40
+    assert abs(_audio_duration(out) - 1.6) < 0.05  # padded with silence or cut at the video's end
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "voice.m4a"]

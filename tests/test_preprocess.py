@@ -16,9 +16,7 @@ from mimaface.data.preprocess import (
     _assign_splits,
     _read_identity_csv,
     box_moves_less_than,
-    crop_square,
     face_segments,
-    landmarks_to_crop,
     preprocess_videos,
     resample_frames,
     shift_inside,
@@ -261,20 +259,8 @@ def test_box_smoothing_keeps_slow_motion_and_removes_jitter():
     assert not box_moves_less_than(truth, 0.03)
 
 
-def test_crop_square_pads_outside_and_maps_like_the_landmarks():
-    frame = np.zeros((60, 80, 3), np.uint8)
-    frame[20:24, 30:34] = 255  # a white square centred at (32, 22) in pixel coordinates
-    frame[:, :5] = (0, 0, 200)  # a blue left edge
-    box = np.array([[10.0, 22.0, 50.0]])  # centre x, y, side: reaches 15 px past the left edge
-    crop = crop_square(frame, 10 - 25, 22 - 25, 50, 100)
-    mapped = landmarks_to_crop(np.array([[[32.0, 22.0, 4.0]]]), box, 100)[0, 0]
-    np.testing.assert_allclose(mapped, [94.0, 50.0, 8.0])
-    ys, xs = np.nonzero(crop[..., 0] > 128)
-    assert abs(xs.mean() + 0.5 - mapped[0]) < 1.0 and abs(ys.mean() + 0.5 - mapped[1]) < 1.0
-    assert crop[:, :25].max() == 0  # outside the frame: black
-    assert crop[10:, 35:38, 2].min() > 150  # the blue edge of the frame
-    edge = crop_square(frame, 10 - 25, 22 - 25, 50, 100, pad_mode="edge")
-    assert edge[:, :25, 2].min() > 150  # padded with the edge colour
+def test_shift_inside_moves_boxes_into_the_frame():
+    box = np.array([[10.0, 22.0, 50.0]])  # centre x, y, side: reaches 15 px past the left edge of 80 x 60
     inside = shift_inside(box, 80, 60)
     np.testing.assert_allclose(inside, [[25.0, 25.0, 50.0]])
     assert np.allclose(shift_inside(np.array([[10.0, 10.0, 100.0]]), 80, 60), [[40.0, 30.0, 100.0]])

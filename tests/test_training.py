@@ -114,8 +114,8 @@ def test_stages_resume_bit_identical(data, vae_dir, tmp_path):
     assert run(*stage1, "--output", str(interrupted)) == 2  # refuses to overwrite a run
     assert run(*stage1, "--output", str(interrupted), "--resume") == 0
     assert digest(straight) == digest(interrupted)
-    first, second = load_file(straight / "final" / "mia" / "model.safetensors"), \
-        load_file(interrupted / "final" / "mia" / "model.safetensors")
+    first, second = load_file(straight / "final" / "model" / "mia" / "model.safetensors"), \
+        load_file(interrupted / "final" / "model" / "mia" / "model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
     untrained = load_file(straight / "checkpoints" / "checkpoint-000002" / "model.safetensors")
     trained = load_file(straight / "checkpoints" / "checkpoint-000004" / "model.safetensors")
@@ -130,14 +130,14 @@ def test_stages_resume_bit_identical(data, vae_dir, tmp_path):
     assert run(*stage2, "--output", str(s2i), "--resume") == 0
     assert digest(s2) == digest(s2i)
     # stage 2 trained W_cond and the motion modules, and left the UNet and the appearance branch alone
-    before = load_file(straight / "final" / "unet" / "diffusion_pytorch_model.safetensors")
-    after = load_file(s2 / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    before = load_file(straight / "final" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(s2 / "final" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     for part in ("mia/model.safetensors", "appearance_encoder/model.safetensors"):
-        b, a = load_file(straight / "final" / part), load_file(s2 / "final" / part)
+        b, a = load_file(straight / "final" / "model" / part), load_file(s2 / "final" / "model" / part)
         assert all(torch.equal(b[k], a[k]) for k in b)
-    w_before = load_file(straight / "final" / "w_cond" / "model.safetensors")
-    w_after = load_file(s2 / "final" / "w_cond" / "model.safetensors")
+    w_before = load_file(straight / "final" / "model" / "w_cond" / "model.safetensors")
+    w_after = load_file(s2 / "final" / "model" / "w_cond" / "model.safetensors")
     assert not torch.equal(w_before["weight"], w_after["weight"])
     assert (s2 / "validation" / "step-000004.png").is_file()
 

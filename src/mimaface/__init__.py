@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 # The network needs torch/diffusers/transformers; import it only when asked for, so the face3d
 # tools and the CLI start without them.
-_LAZY = {"MIMAFaceModel": "mimaface.models", "MIMAFaceConfig": "mimaface.models"}
+_LAZY = {"MIMAFaceModel": "mimaface.models", "MIMAFaceConfig": "mimaface.models",
+         "MIMAFacePipeline": "mimaface.pipelines.pipeline"}
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mimaface.errors import InputError, MimafaceError
+from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
 
 VIDEO_OUT = (".mp4",)
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -125,7 +126,6 @@ def _cmd_train_estimator(args: argparse.Namespace) -> None:
 
     if args.steps < 1 or args.batch_size < 1:
         raise InputError("--steps and --batch-size must be at least 1")
-    torch_threads(args.threads)
     training = EstimatorTraining(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     record = train_estimator(args.data, args.output, training, progress=not args.quiet)
     held = record["held_out"]
@@ -139,11 +139,12 @@ def _cmd_train_estimator(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from mimaface.evaluation.evaluate import MODES, EvaluateOptions, evaluate
 
-    if args.steps < 1 or (args.max_clips is not None and args.max_clips < 2):
-        raise InputError("--steps must be at least 1 and --max-clips at least 2")
+    if args.max_clips is not None and args.max_clips < 2:
+        raise InputError("--max-clips must be at least 2")
+    sampling = _sampling_options(args)
     options = EvaluateOptions(
-        split=args.split, modes=MODES if args.mode == "both" else (args.mode,), num_inference_steps=args.steps,
-        guidance_scale=args.guidance, seed=args.seed, use_ica=not args.no_ica, max_clips=args.max_clips,
+        split=args.split, modes=MODES if args.mode == "both" else (args.mode,), num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale, seed=sampling.seed, use_ica=sampling.use_ica, max_clips=args.max_clips,
         estimator=args.estimator, lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone,
         lpips_linear=args.lpips_linear, fid_weights=args.fid_weights)
     evaluate(args.checkpoint, args.data, args.output, options, progress=not args.quiet)
@@ -152,11 +153,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
           f"over_frames.png, figures/, generated/)")
 
 
-def torch_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+def _sampling_options(args: argparse.Namespace):
+    """SamplingOptions from the sampling flags a command has (the others keep their defaults)."""
+    values = {"num_inference_steps": getattr(args, "steps", None), "guidance_scale": getattr(args, "guidance", None),
+              "seed": getattr(args, "seed", None), "scheduler": getattr(args, "scheduler", None),
+              "clip_length": getattr(args, "clip_length", None), "overlap": getattr(args, "overlap", None),
+              "batch_size": getattr(args, "batch_size", None)}
+    for flag, name in (("--steps", "num_inference_steps"), ("--clip-length", "clip_length"), ("--batch-size", "batch_size")):
+        if values[name] is not None and values[name] < 1:
+            raise InputError(f"{flag} must be at least 1")
+    options = SamplingOptions(**{k: v for k, v in values.items() if v is not None})
+    if getattr(args, "no_ica", False):
+        options.use_ica = False
+    return options
 
 
 def _cmd_animate(args: argparse.Namespace) -> None:
@@ -164,28 +173,45 @@ def _cmd_animate(args: argparse.Namespace) -> None:
     from mimaface.pipelines.retarget import RetargetConfig
 
     options = AnimateOptions(
-        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        clip_length=args.clip_length, overlap=args.overlap, use_ica=not args.no_ica, batch_size=args.batch_size,
+        sampling=_sampling_options(args),
         retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=args.pose_scale,
                                 expression_multiplier=args.expression_scale, gaze_multiplier=args.gaze_scale,
                                 keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
         face_index=args.face_index, driving_face_index=args.driving_face_index, max_gap=args.max_gap,
         paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps)
-    for name in ("steps", "clip_length", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
                      progress=not args.quiet)
-    print(f"wrote {args.output}: {len(result.frames)} frame(s) in {len(result.clip_starts)} clip(s)")
+    print(f"wrote {args.output}: {result.num_frames} frame(s) in {result.num_clips} clip(s)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
-    if args.steps < 1:
-        raise InputError("--steps must be at least 1")
-    run_demo(Path(args.output), checkpoint=args.checkpoint, steps=args.steps, progress=not args.quiet)
+    run_demo(Path(args.output), checkpoint=args.checkpoint, steps=_sampling_options(args).num_inference_steps,
+             progress=not args.quiet)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, *, full: bool) -> None:
+    """The sampling flags, their defaults from SamplingOptions (``full``: all of them, else steps,
+    guidance, seed and --no-ica)."""
+    d = SamplingOptions()
+    p.add_argument("--steps", type=int, default=d.num_inference_steps, help=f"denoising steps (default {d.num_inference_steps})")
+    p.add_argument("--guidance", type=float, default=d.guidance_scale,
+                   help=f"classifier-free guidance scale (default {d.guidance_scale:g})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--no-ica", action="store_true", help="generate clips independently (the ablation)")
+    if not full:
+        return
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=d.scheduler, help=f"sampler (default {d.scheduler})")
+    p.add_argument("--clip-length", type=int, default=d.clip_length, help="frames per clip F (default: as trained)")
+    p.add_argument("--overlap", type=int, default=d.overlap, help="ICA frames k carried from clip to clip (default: as trained)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"independent clips (--no-ica) or frames (image driving) per forward pass (default {d.batch_size})")
+
+
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores this process may use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
     p.add_argument("--batch-size", type=int, default=128, help="frames per step (default 128)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    _add_threads_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_estimator)
 
@@ -286,10 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
     p.add_argument("--mode", default="both", choices=("same", "cross", "both"), help="same- or cross-identity")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="noise and cross-identity pairing seed")
-    p.add_argument("--no-ica", action="store_true", help="clips generated independently (the ablation)")
+    _add_sampling_arguments(p, full=False)
+    _add_threads_argument(p)
     p.add_argument("--max-clips", type=int, default=None, help="only the first N clips of the split")
     p.add_argument("--estimator", default=None, help="estimator folder (default: the bundled SynthTalk estimator)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"), help="LPIPS backbone (default alex)")
@@ -304,10 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driving", required=True, help="VIDEO, IMAGE, COEFFS.npz or MOTION.json")
     p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or OUT.png for a single driving image)")
     p.add_argument("--checkpoint", default=None, help="a trained model folder (RUN_DIR/final); default: the bundled tiny model")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--scheduler", choices=("ddim", "euler", "dpm++"), default=None, help="sampler (default ddim)")
+    _add_sampling_arguments(p, full=True)
+    _add_threads_argument(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--relative", action="store_true", help="transfer motion relative to the driving's first frame (default)")
     mode.add_argument("--absolute", action="store_true", help="use the driving coefficients as they are")
@@ -316,11 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaze-scale", type=float, default=1.0, help="multiplier of the gaze motion (default 1)")
     p.add_argument("--keep-pose", action="store_true", help="keep the source's head pose")
     p.add_argument("--keep-gaze", action="store_true", help="keep the source's gaze")
-    p.add_argument("--clip-length", type=int, default=None, help="frames per clip F (default: as trained)")
-    p.add_argument("--overlap", type=int, default=None, help="ICA frames k carried from clip to clip (default: as trained)")
-    p.add_argument("--no-ica", action="store_true", help="generate clips independently (the ablation)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="independent clips (--no-ica) or frames (image driving) per forward pass (default 1)")
     p.add_argument("--face-index", type=int, default=None, help="which face of the source: 0 = largest (default)")
     p.add_argument("--driving-face-index", type=int, default=None, help="which face of the driving video")
     p.add_argument("--max-gap", type=int, default=12, help="longest faceless run of driving frames to interpolate")
@@ -334,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: the bundled model animates a held-out SynthTalk identity")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--checkpoint", default=None, help="a trained model folder (default: the bundled tiny model)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--steps", type=int, default=SamplingOptions.num_inference_steps,
+                   help=f"denoising steps (default {SamplingOptions.num_inference_steps})")
+    _add_threads_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -382,8 +401,20 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads (without it, OMP_NUM_THREADS or torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
+        _set_threads(getattr(args, "threads", None))
         args.func(args)
     except MimafaceError as exc:
         print(f"mimaface {args.command}: error: {exc}", file=sys.stderr)

@@ -15,7 +15,8 @@ from mimaface.evaluation.metrics import boundary_consistency, masked_psnr, psnr
 from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
 from mimaface.media import write_video
 from mimaface.pipelines.compositing import side_by_side
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline
+from mimaface.pipelines.options import SamplingOptions
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline, MIMAFacePipelineOutput, to_uint8
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import aligned_source
 from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip, render_identity
@@ -54,19 +55,26 @@ def warped_clip(image: np.ndarray, num_frames: int = 40, *, max_roll: float = 20
 DRIVING_FRAMES = 72  # 12 clips of 8 frames joined through ICA (k = 2)
 
 
-def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int = 25, progress: bool = True) -> dict:
+def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int = SamplingOptions.num_inference_steps,
+             progress: bool = True) -> dict:
     """The main job: a held-out SynthTalk identity animated (1) by another held-out identity's motion,
     checked against SynthTalk's exact ground truth, with and without ICA, and (2) by the bundled
     hand-written MOTION.json. Writes videos, ``summary.png`` and ``metrics.json`` to ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
+    pipeline.set_progress_bar_config(disable=not progress, leave=False)
+
+    def generate(motion: MotionCoefficients, **options) -> MIMAFacePipelineOutput:
+        out = pipeline(source.crop, motion, **SamplingOptions(num_inference_steps=steps, **options).pipeline_kwargs())
+        return MIMAFacePipelineOutput(frames=to_uint8(out.frames), renders=out.renders, clip_starts=out.clip_starts)
+
     recipe = training_recipe(checkpoint)
     held = sorted(held_out_identities(recipe))
     if len(held) < 2:
         raise InputError("the model's training data recipe holds out fewer than two identities")
     a, b = held[0], held[1]
     frames_a, _, motion_a = render_clip(recipe, a, 0)
-    source = aligned_source(frames_a[0], _frames(motion_a, [0]))
+    source = aligned_source(frames_a[0], dataclasses.replace(motion_a.select([0]), landmarks=None, extra={}))
     # A new, longer performance of B (SynthTalk motion is seeded per clip; B's look is the held-out one).
     long = dataclasses.replace(recipe, frames=DRIVING_FRAMES)
     for clip in range(16):  # the first talking (not still-portrait) performance
@@ -77,9 +85,8 @@ def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int =
     # 1. Cross-identity with exact ground truth: same camera, so absolute coefficients; A's face shape.
     motion = retarget(source.coefficients, driving, RetargetConfig(mode="absolute"))
     truth = render_identity(recipe, a, motion)
-    kwargs = {"num_inference_steps": steps, "progress": progress}
-    with_ica = pipeline(source.crop, motion, **kwargs)
-    without_ica = pipeline(source.crop, motion, use_ica=False, **kwargs)
+    with_ica = generate(motion)
+    without_ica = generate(motion, use_ica=False)
     still = np.repeat(source.crop[None], len(truth), 0)
     # The face: where the driven face (I_R) or the source's own face is.
     face = (with_ica.renders > 0) | (pipeline.render(source.coefficients)[0] > 0)
@@ -101,7 +108,7 @@ def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int =
 
     # 2. The hand-written MOTION.json, relative to the source's own pose and expression.
     talk = retarget(source.coefficients, motion_from_json(asset_path("talk.json")))
-    talked = pipeline(source.crop, talk, **kwargs)
+    talked = generate(talk)
     write_video(output / "motion_json.mp4", (side_by_side(source.crop, r, g) for r, g in
                                              zip(talked.renders, talked.frames)), talk.fps)
     _summary(output / "summary.png", source.crop, driving_frames, with_ica, without_ica, truth, talked)
@@ -127,15 +134,10 @@ def training_recipe(checkpoint: str | Path | None) -> SynthConfig:
     return SynthConfig(identities=400, clips_per_identity=2, frames=24, size=64, seed=0)
 
 
-def _frames(motion: MotionCoefficients, index: list[int]) -> MotionCoefficients:
-    return dataclasses.replace(motion, pose=motion.pose[index], expression=motion.expression[index],
-                               gaze=motion.gaze[index], landmarks=None, extra={})
-
-
 def _summary(path: Path, source: np.ndarray, driving: np.ndarray, with_ica, without_ica, truth: np.ndarray,
              talked) -> None:
     """Every few frames: driving, I_R, generated, without ICA, ground truth; then the MOTION.json run."""
-    from mimaface.training.grids import image_grid
+    from mimaface.figures import image_grid
 
     picks = np.linspace(0, len(truth) - 1, 8).round().astype(int)
     talk_picks = np.linspace(0, len(talked.frames) - 1, 8).round().astype(int)

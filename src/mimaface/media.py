@@ -255,82 +255,146 @@ def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
-                crf: int = 18, preset: str = "medium", audio_from: str | os.PathLike | None = None) -> None:
-    """Encode frames as H.264 (libx264, yuv420p) in an MP4 (or .m4v/.mov) file, atomically.
-
-    ``frames`` may be any iterable (a generator is consumed once) of images accepted by
-    :func:`to_rgb8`, all of one size. ``crf``: libx264 constant rate factor, 0 (lossless) to 51
-    (worst); 18 is visually near-lossless. Odd sizes are padded to even (see the module notes).
-    If the iteration or the encoding fails, no file is left under ``path`` or beside it.
-    ``audio_from``: a media file whose audio track (if it has one) is muxed in (AAC), cut to the video."""
-    path = Path(path)
-    container = VIDEO_OUT_FORMATS.get(path.suffix.lower())
-    if container is None:
-        raise InputError(f"{path}: unsupported video format (use .mp4)")
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be positive, got {fps}")
-    if not 0 <= crf <= 51:
-        raise ValueError(f"crf must be in 0..51, got {crf}")
-    iterator = iter(frames)
-    audio = None if audio_from is None else _existing_file(audio_from)
-    with atomic_output(path) as tmp:
-        _encode(iterator, path, tmp, fps, container, crf, preset, audio)
+                crf: int = 18, preset: str = "medium", audio_from: str | os.PathLike | None = None) -> int:
+    """Encode ``frames`` (any iterable of images accepted by :func:`to_rgb8`, all of one size; a
+    generator is consumed once) with a :class:`VideoWriter`. Returns the number of frames written."""
+    with VideoWriter(path, fps, crf=crf, preset=preset, audio_from=audio_from) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.frames_written
 
 
-def _encode(iterator, path: Path, tmp: Path, fps: float, container: str, crf: int, preset: str,
-            audio: Path | None = None) -> None:
-    import imageio_ffmpeg
+class VideoWriter:
+    """An H.264 (libx264, yuv420p) MP4 (or .m4v/.mov) written frame by frame, atomically.
 
-    process = None
-    try:
-        first = next(iterator, None)
-        if first is None:
-            raise ValueError(f"{path}: no frames to write")
-        first = to_rgb8(first, f"{path}: frame 0")
-        height, width = first.shape[:2]
-        rate = Fraction(float(fps)).limit_denominator(1001)
+    Frames go to ffmpeg as they come (memory does not grow with the video); the file appears under
+    ``path`` only when the ``with`` block ends without an error, and nothing is left otherwise.
+    ``crf``: libx264 constant rate factor, 0 (lossless) to 51 (worst); 18 is visually near-lossless.
+    Odd sizes are padded to even (see the module notes). ``audio_from``: a media file whose audio
+    track (if it has one) is muxed in as AAC, padded with silence or cut to the video's exact
+    length, so N frames written are N frames in the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18, preset: str = "medium",
+                 audio_from: str | os.PathLike | None = None) -> None:
+        self.path = Path(path)
+        self.container = VIDEO_OUT_FORMATS.get(self.path.suffix.lower())
+        if self.container is None:
+            raise InputError(f"{self.path}: unsupported video format (use .mp4)")
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be positive, got {fps}")
+        if not 0 <= crf <= 51:
+            raise ValueError(f"crf must be in 0..51, got {crf}")
+        self.fps, self.crf, self.preset = float(fps), crf, preset
+        self.audio = None if audio_from is None else _existing_file(audio_from)
+        self.frames_written = 0
+        self._shape: tuple[int, ...] | None = None
+        self._process: subprocess.Popen | None = None
+        self._log = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._abort()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame (the first one fixes the size)."""
+        frame = to_rgb8(frame, f"{self.path}: frame {self.frames_written}")
+        if self._process is None:
+            self._start(frame.shape)
+        elif frame.shape != self._shape:
+            raise ValueError(f"{self.path}: frame {self.frames_written} is {frame.shape[1]}x{frame.shape[0]}, "
+                             f"frame 0 is {self._shape[1]}x{self._shape[0]}; all frames must have one size")
+        height, width = frame.shape[:2]
+        if width % 2 or height % 2:
+            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frame).data)
+        except BrokenPipeError:
+            self._finish_encoder()  # ffmpeg quit: its log says why
+            raise InputError(f"{self.path}: could not write the video (ffmpeg stopped)") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file: flush the encoder, mux the audio, rename into place."""
+        if self._process is None:
+            raise ValueError(f"{self.path}: no frames to write")
+        try:
+            self._finish_encoder()
+            if self.audio is not None and has_audio(self.audio):
+                self._mux_audio()
+            os.replace(self._tmp, self.path)
+            self._log.close()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _start(self, shape: tuple[int, ...]) -> None:
+        import imageio_ffmpeg
+
+        self._shape = shape
+        height, width = shape[:2]
+        self._tmp = _create_temp(self.path)
+        rate = Fraction(self.fps).limit_denominator(1001)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + width % 2}x{height + height % 2}",
-               "-r", str(rate), "-i", "-"]
-        if audio is None:
-            cmd += ["-an"]
-        else:  # "1:a:0?": the audio track when there is one; -shortest cuts it to the video
-            cmd += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-shortest"]
-        cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", "-f", container, str(tmp)]
-        with tempfile.TemporaryFile() as log:
-            process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-            index, frame = 0, first
-            try:
-                while frame is not None:
-                    if frame.shape != first.shape:
-                        raise ValueError(f"{path}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
-                                         f"frame 0 is {width}x{height}; all frames must have one size")
-                    if width % 2 or height % 2:
-                        frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-                    process.stdin.write(np.ascontiguousarray(frame).data)
-                    index += 1
-                    frame = next(iterator, None)
-                    if frame is not None:
-                        frame = to_rgb8(frame, f"{path}: frame {index}")
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # ffmpeg quit; its exit status and log say why
-            returncode = process.wait()
-            if returncode != 0:
-                log.seek(0)
-                reason = _one_line(log.read().decode("utf-8", "replace")) or f"ffmpeg exit status {returncode}"
-                raise InputError(f"{path}: could not write the video ({reason})")
-    except BaseException:
+               "-r", str(rate), "-i", "-", "-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
+               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", self.container, str(self._tmp)]
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def _finish_encoder(self) -> None:
+        process = self._process
+        try:
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+        returncode = process.wait()
+        if returncode != 0:
+            self._log.seek(0)
+            reason = _one_line(self._log.read().decode("utf-8", "replace")) or f"ffmpeg exit status {returncode}"
+            raise InputError(f"{self.path}: could not write the video ({reason})")
+
+    def _mux_audio(self) -> None:
+        """Copy the video and add the audio, padded (apad) or cut (-t) to exactly the video's duration."""
+        import imageio_ffmpeg
+
+        duration = Fraction(self.frames_written) / Fraction(self.fps).limit_denominator(1001)
+        muxed = _create_temp(self.path)
+        try:
+            # "1:a:0?": the audio track when there is one.
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error", "-i", str(self._tmp),
+                   "-i", str(self.audio), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac",
+                   "-af", "apad", "-t", f"{float(duration):.6f}", "-movflags", "+faststart", "-f", self.container,
+                   str(muxed)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise InputError(f"{self.path}: could not add the audio of {self.audio} "
+                                 f"({_one_line(result.stderr) or f'ffmpeg exit status {result.returncode}'})")
+            os.replace(muxed, self._tmp)
+        except BaseException:
+            muxed.unlink(missing_ok=True)
+            raise
+
+    def _abort(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         if process is not None:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
             try:
                 process.stdin.close()
             except OSError:
                 pass
-        raise
+        if self._log is not None:
+            self._log.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
 
 # -------------------------------------------------------------------------------------- helpers

@@ -2,7 +2,7 @@
 
 import sys
 
-from mimaface.training.trainer import main
+from mimaface.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

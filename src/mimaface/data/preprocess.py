@@ -14,10 +14,11 @@ Per video (in a worker process):
    into segments, and segments shorter than ``min_clip_frames`` are dropped.
 2. **Where the head is.** The face model is fitted to the landmarks in the full frame, with one
    identity fitted jointly over the whole video. Each frame's box is derived from the fitted
-   *pose*, not from the landmarks' extent: its centre is where the centre of the subject's
-   neutral face projects, its side ``crop_scale`` times the extent of the subject's neutral
-   frontal landmarks at the fitted scale. An open mouth or a turned head therefore neither moves
-   nor zooms the crop (the landmarks' own box grows by about 10 % when the jaw drops).
+   *pose*, not from the landmarks' extent (:mod:`mimaface.face3d.crop`): its centre is where the
+   centre of the subject's neutral face projects, its side ``crop_scale`` times the extent of the
+   subject's neutral frontal landmarks at the fitted scale. An open mouth or a turned head
+   therefore neither moves nor zooms the crop (the landmarks' own box grows by about 10 % when
+   the jaw drops).
 3. **Stable crop.** The per-frame centre and side are smoothed over time (a 5-frame median
    against outliers, then a quadratic Savitzky-Golay filter ``smooth_seconds`` long: it passes
    head and camera motion slower than about 1/``smooth_seconds`` Hz without lag, including at the
@@ -68,6 +69,7 @@ import numpy as np
 
 from mimaface.data.clipstore import SPLITS, clip_exists, write_clip, write_dataset_info
 from mimaface.errors import FaceNotFoundError, InputError, MimafaceError
+from mimaface.face3d.crop import boxes_from_pose, crop_square, landmarks_to_crop, neutral_face_box
 
 logger = logging.getLogger("mimaface.preprocess")
 
@@ -586,26 +588,6 @@ def split_range(start: int, end: int, max_len: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
 
 
-def neutral_face_box(model, identity: np.ndarray) -> tuple[np.ndarray, float]:
-    """Model-space centre of the subject's neutral face (its landmark box centre, at the mesh's mean
-    depth) and the extent (longer side of the frontal landmark box) in model units."""
-    verts = model.vertices(identity)
-    lo, hi = verts[:, :2].min(0), verts[:, :2].max(0)
-    centre = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, verts[:, 2].mean()])
-    return centre, float((hi - lo).max())
-
-
-def boxes_from_pose(pose: np.ndarray, reference: np.ndarray, extent: float, width: int, height: int,
-                    crop_scale: float, offset_y: float = 0.0) -> np.ndarray:
-    """Per-frame ``(cx, cy, side)`` in pixels from fitted poses ``(T, 6)`` (see the module notes)."""
-    from mimaface.face3d.camera import normalized_to_pixels
-    from mimaface.face3d.pose import apply_pose
-
-    centre = normalized_to_pixels(apply_pose(reference[None, None], pose)[:, 0], width, height)
-    face = pose[:, 5] * extent * height / 2.0  # neutral frontal landmark extent in pixels
-    return np.stack([centre[:, 0], centre[:, 1] + offset_y * face, crop_scale * face], 1)
-
-
 def smooth_boxes(boxes: np.ndarray, fps: float, seconds: float) -> np.ndarray:
     """Median (5 frames) then quadratic Savitzky-Golay (``seconds`` long) along time, per column."""
     from scipy.ndimage import median_filter
@@ -635,38 +617,6 @@ def shift_inside(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
         half = out[:, 2] / 2
         lo, hi = half, length - half
         out[:, axis] = np.where(lo <= hi, np.clip(out[:, axis], lo, np.maximum(lo, hi)), length / 2)
-    return out
-
-
-def crop_square(frame: np.ndarray, left: float, top: float, side: float, size: int,
-                pad_mode: str = "constant") -> np.ndarray:
-    """The square ``[left, left + side) x [top, top + side)`` of ``frame`` (sub-pixel, padded where it
-    leaves the frame) resized to ``size`` x ``size`` (bicubic, antialiased when shrinking)."""
-    from PIL import Image
-
-    height, width = frame.shape[:2]
-    x0, y0 = math.floor(left), math.floor(top)
-    x1, y1 = math.ceil(left + side), math.ceil(top + side)
-    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
-    sub = frame[max(y0, 0):max(min(y1, height), 0), max(x0, 0):max(min(x1, width), 0)]
-    pads = ((max(0, -y0), max(0, y1 - height)), (max(0, -x0), max(0, x1 - width)), (0, 0))
-    if sub.size == 0:
-        sub = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
-    elif any(p for pair in pads for p in pair):
-        sub = np.pad(sub, pads, mode=pad_mode)
-    box = (left - x0, top - y0, min(left - x0 + side, x1 - x0), min(top - y0 + side, y1 - y0))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(sub)).resize((size, size), Image.BICUBIC, box=box))
-
-
-def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Map ``(T, N, 3)`` full-frame pixel landmarks into the pixels of the ``size`` crops of
-    ``boxes`` ``(T, 3)`` = centre x, centre y, side (the same map as :func:`crop_square`)."""
-    boxes = np.asarray(boxes, np.float64)
-    k = (size / boxes[:, 2])[:, None]
-    out = np.array(landmarks, np.float64)
-    out[..., 0] = (out[..., 0] - (boxes[:, 0] - boxes[:, 2] / 2)[:, None]) * k
-    out[..., 1] = (out[..., 1] - (boxes[:, 1] - boxes[:, 2] / 2)[:, None]) * k
-    out[..., 2] = out[..., 2] * k
     return out
 
 

@@ -42,7 +42,8 @@ from mimaface.evaluation.perceptual import (
     frechet_distance_of_features,
 )
 from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, AnimationOutput, MIMAFacePipeline
+from mimaface.pipelines.options import SamplingOptions
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline, to_uint8
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.synthtalk import SynthConfig, render_identity
 
@@ -54,10 +55,10 @@ GENERATED = "generated"
 class EvaluateOptions:
     split: str = "test"
     modes: tuple[str, ...] = MODES
-    num_inference_steps: int = 25
-    guidance_scale: float = 2.0
-    seed: int = 0
-    use_ica: bool = True
+    num_inference_steps: int = SamplingOptions.num_inference_steps
+    guidance_scale: float = SamplingOptions.guidance_scale
+    seed: int = SamplingOptions.seed  # the noise and the cross-identity pairing
+    use_ica: bool = SamplingOptions.use_ica
     max_clips: int | None = None  # the first N clips of the split (all when None)
     estimator: str | Path | None = None  # None = the bundled SynthTalk estimator
     lpips_net: str = "alex"
@@ -102,8 +103,7 @@ def make_pairs(root: Path, options: EvaluateOptions) -> list[Pair]:
         for clip, driver in zip(clips, drivers):
             own = clip.motion()
             source_frame = np.asarray(clip.frames()[0])
-            first = dataclasses.replace(own, pose=own.pose[:1], expression=own.expression[:1], gaze=own.gaze[:1],
-                                        landmarks=None, extra={})
+            first = dataclasses.replace(own.select([0]), landmarks=None, extra={})
             if mode == "same":
                 motion, truth = own, np.asarray(clip.frames())
             else:
@@ -165,6 +165,13 @@ class RealFaceReader:
         return FaceReading(pose, expression, gaze, unit, descriptors)
 
 
+@dataclass
+class GeneratedVideo:
+    frames: np.ndarray  # (N, S, S, 3) uint8
+    renders: np.ndarray  # (N, S, S) uint8 I_R
+    clip_starts: list[int]
+
+
 class GeneratedVideos:
     """The generated frames of every pair, kept in ``REPORT/generated/`` as they are made, so an
     interrupted evaluation resumes where it stopped and a re-run re-measures without generating.
@@ -185,11 +192,11 @@ class GeneratedVideos:
     def __contains__(self, pair: Pair) -> bool:
         return self._path(pair).is_file()
 
-    def load(self, pair: Pair) -> AnimationOutput:
+    def load(self, pair: Pair) -> GeneratedVideo:
         with np.load(self._path(pair)) as f:
-            return AnimationOutput(f["frames"], f["renders"], f["clip_starts"].tolist())
+            return GeneratedVideo(f["frames"], f["renders"], f["clip_starts"].tolist())
 
-    def save(self, pair: Pair, generated: AnimationOutput) -> None:
+    def save(self, pair: Pair, generated: GeneratedVideo) -> None:
         partial = self._path(pair).with_suffix(".part.npz")
         np.savez_compressed(partial, frames=generated.frames, renders=generated.renders,
                             clip_starts=np.asarray(generated.clip_starts))
@@ -274,6 +281,9 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
+    pipeline.set_progress_bar_config(disable=True)
+    sampling = SamplingOptions(num_inference_steps=options.num_inference_steps, guidance_scale=options.guidance_scale,
+                               seed=options.seed, use_ica=options.use_ica)
     pairs = make_pairs(Path(data), options)
     evaluator = Evaluator(options, synthtalk=read_dataset_info(Path(data)).get("source") == "synthtalk")
     if pairs[0].source_frame.shape[0] != pipeline.image_size:
@@ -291,9 +301,8 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
         if pair in videos:
             generated = videos.load(pair)
         else:
-            generated = pipeline(pair.source_frame, pair.motion, num_inference_steps=options.num_inference_steps,
-                                 guidance_scale=options.guidance_scale, seed=options.seed, use_ica=options.use_ica,
-                                 progress=False)
+            out = pipeline(pair.source_frame, pair.motion, **sampling.pipeline_kwargs())
+            generated = GeneratedVideo(to_uint8(out.frames), out.renders, out.clip_starts)
             videos.save(pair, generated)
         clip_starts = generated.clip_starts
         if evaluator.inception is not None:
@@ -406,7 +415,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _pair_figure(path: Path, pair: Pair, generated) -> None:
-    from mimaface.training.grids import image_grid
+    from mimaface.figures import image_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     picks = np.linspace(0, len(pair.truth) - 1, 6).round().astype(int)

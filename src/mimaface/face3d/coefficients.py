@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,27 @@ class MotionCoefficients:
     @property
     def num_frames(self) -> int:
         return len(self.pose)
+
+    def select(self, frames: Sequence[int] | np.ndarray | slice) -> MotionCoefficients:
+        """The motion of some frames, in the given order (repeats allowed): pose, expression, gaze and
+        landmarks (when present) selected by ``frames``, an index sequence (negative counts from the
+        end) or a slice; identity, names, fps, image size and extra kept (copied)."""
+        count = self.num_frames
+        index = np.arange(count)[frames] if isinstance(frames, slice) else np.asarray(frames)
+        if index.ndim != 1:
+            raise InputError(f"frames must be a sequence of frame indices or a slice, got an array of shape "
+                             f"{index.shape}")
+        if index.size == 0:
+            raise InputError(f"the selection holds no frames (the motion has {count})")
+        if not np.issubdtype(index.dtype, np.integer):
+            raise InputError(f"frame indices must be integers, got {index.dtype}")
+        outside = index[(index < -count) | (index >= count)]
+        if outside.size:
+            raise InputError(f"frame index {int(outside[0])} is out of range for a motion of {count} frames "
+                             f"(valid: {-count} to {count - 1})")
+        return replace(self, pose=self.pose[index], expression=self.expression[index], gaze=self.gaze[index],
+                       identity=self.identity.copy(), extra=dict(self.extra),
+                       landmarks=None if self.landmarks is None else self.landmarks[index])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``.npz`` atomically (a temporary file renamed into place)."""

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel
+from diffusers import ModelMixin, MotionAdapter, UNet2DConditionModel
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -65,8 +66,12 @@ def _public(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-class MIMAFaceModel(nn.Module):
+class MIMAFaceModel(ModelMixin):
     """The MIMAFace denoiser: CLIP + MIA appearance condition, render-conditioned SD UNet, ICA, motion modules.
+
+    A diffusers ``ModelMixin`` (``dtype``, ``device``, model CPU offload hooks), so it is the
+    ``model`` component of :class:`~mimaface.pipelines.pipeline.MIMAFacePipeline`; its own folder
+    layout is in this module's docstring.
 
     Build random-initialised from a config (``MIMAFaceModel(MIMAFaceConfig.tiny())``), from
     pretrained SD-1.5 / CLIP / AnimateDiff folders (:meth:`from_components`), or from a saved
@@ -118,10 +123,13 @@ class MIMAFaceModel(nn.Module):
         return self.config.condition_length
 
     # ---- appearance ----
+    # apply_forward_hook: with model CPU offload these calls move the model to the accelerator as forward does.
+    @apply_forward_hook
     def encode_source(self, source_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP tokens of the source image(s): ``e_tex`` (B, P, C), ``e_id`` (B, C). Cache them for a video."""
         return self.appearance_encoder(source_image)
 
+    @apply_forward_hook
     def condition_from_tokens(self, e_tex: torch.Tensor, e_id: torch.Tensor, pose: torch.Tensor,
                               expression: torch.Tensor, gaze: torch.Tensor) -> torch.Tensor:
         """MIA on cached CLIP tokens: (B, L, D) for (B, d) coefficients, (B, F, L, D) for (B, F, d)."""
@@ -148,6 +156,7 @@ class MIMAFaceModel(nn.Module):
         e_tex, e_id = self.encode_source(source_image)
         return AppearanceOutput(self.condition_from_tokens(e_tex, e_id, pose, expression, gaze), e_id, e_tex)
 
+    @apply_forward_hook
     def null_condition(self, batch_size: int, num_frames: int | None = None) -> torch.Tensor:
         """The classifier-free-guidance null condition: (B, L, D), or (B, F, L, D) with ``num_frames``.
 
@@ -308,8 +317,9 @@ class MIMAFaceModel(nn.Module):
             self.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ---- saving and loading ----
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write the layout in this module's docstring (safetensors + JSON configs)."""
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        """Write the layout in this module's docstring (safetensors + JSON configs). Keyword arguments a
+        pipeline passes (``safe_serialization``, ...) are accepted: weights are always safetensors."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(d / "unet")
@@ -330,8 +340,14 @@ class MIMAFaceModel(nn.Module):
         (d / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None) -> MIMAFaceModel:
-        """Load a model written by :meth:`save_pretrained`. Raises ModelLoadError for a missing or wrong folder."""
+    def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> MIMAFaceModel:
+        """Load a model written by :meth:`save_pretrained`. Raises ModelLoadError for a missing or wrong folder.
+
+        ``torch_dtype``: e.g. ``torch.bfloat16``. The loading options diffusers' pipeline loader passes
+        (``low_cpu_mem_usage``, ``variant``, ...) are accepted; a device map is not supported."""
+        if kwargs.get("device_map") is not None:
+            raise ModelLoadError("MIMAFaceModel does not support device_map; load it, then call .to(device)")
+        dtype = kwargs.get("dtype") or torch_dtype  # diffusers >= 0.36 says dtype
         d = Path(directory)
         if not d.is_dir():
             raise ModelLoadError(f"MIMAFace model folder '{d}' does not exist; expected {SAVED_HOW}")
@@ -354,7 +370,8 @@ class MIMAFaceModel(nn.Module):
         if model.identity is not None:
             loading.load_module(model.identity.head, d / "identity_head", "identity head", SAVED_HOW)
         if dtype is not None:
-            model.to(dtype)
+            # nn.Module.to: ModelMixin.to warns about fp32 modules even when there are none.
+            nn.Module.to(model, dtype)
         return model.eval()
 
     @classmethod

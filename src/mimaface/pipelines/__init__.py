@@ -1,1 +1,1 @@
-"""Inference: the denoising loop (and, on top of it, the long-video pipeline)."""
+"""Inference: the sampling options, the generation pipeline (a diffusers DiffusionPipeline) and, on top of it,\nthe source face, retargeting, paste-back and the animate command."""

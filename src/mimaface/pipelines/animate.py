@@ -2,14 +2,19 @@
 
 Steps: find, crop and fit the source face; read the driving motion (face3d extraction for media,
 as stored for ``.npz`` / ``MOTION.json``); retarget it onto the source (relative by default);
-render I_R with the source's face shape; generate with the pipeline (clips joined through ICA);
-paste the result back into the source picture (or keep the crop); write the MP4 at the driving
-video's frame rate with its audio, and optionally PNG frames and a side-by-side video.
+then, clip by clip as the pipeline yields them: render I_R with the source's face shape,
+generate (clips joined through ICA), paste the result back into the source picture through a
+face-shaped mask (or keep the crop) and encode, so memory does not grow with the video. The MP4
+has the driving video's frame rate and its audio (padded or cut to exactly the frames made);
+optionally PNG frames and a side-by-side video are written in the same pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +23,17 @@ import numpy as np
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients, load_motion
 from mimaface.face3d.pipeline import ExtractConfig, extract_motion
-from mimaface.media import has_audio, is_video_path, iter_video_frames, load_image, write_image, write_video
-from mimaface.pipelines.compositing import colour_transfer, paste_back, side_by_side
-from mimaface.pipelines.pipeline import AnimationOutput, MIMAFacePipeline
+from mimaface.media import (
+    VideoWriter,
+    has_audio,
+    is_video_path,
+    iter_video_frames,
+    load_image,
+    write_image,
+)
+from mimaface.pipelines.compositing import PasteBack, side_by_side
+from mimaface.pipelines.options import SamplingOptions
+from mimaface.pipelines.pipeline import SCHEDULERS, MIMAFacePipeline, to_uint8
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import SourceFace, prepare_source
 
@@ -30,14 +43,7 @@ IMAGE_OUT = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class AnimateOptions:
-    num_inference_steps: int = 25
-    guidance_scale: float = 2.0
-    seed: int = 0
-    scheduler: str | None = None  # ddim (default), euler, dpm++
-    clip_length: int | None = None  # None: as trained
-    overlap: int | None = None  # ICA k; None: as trained
-    use_ica: bool = True
-    batch_size: int = 1  # independent clips (no ICA) or frames (one driving frame) per forward
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     face_index: int | None = None  # which face of the source
     driving_face_index: int | None = None
@@ -46,6 +52,13 @@ class AnimateOptions:
     side_by_side: str | None = None  # path of a source | driving | I_R | result video
     frames_dir: str | None = None  # also write PNG frames here
     fps: float | None = None  # output rate for coefficient-file driving (default: the file's)
+
+
+@dataclass
+class AnimateResult:
+    output: Path
+    num_frames: int
+    num_clips: int
 
 
 def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: bool) -> MotionCoefficients:
@@ -58,62 +71,85 @@ def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: boo
 
 def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, output: str | os.PathLike,
             options: AnimateOptions | None = None, *, checkpoint: str | os.PathLike | None = None,
-            pipeline: MIMAFacePipeline | None = None, progress: bool = True) -> AnimationOutput:
-    """Run the whole job and write ``output`` (.mp4, or .png for a single driving image)."""
+            pipeline: MIMAFacePipeline | None = None, progress: bool = True) -> AnimateResult:
+    """Run the whole job and write ``output`` (.mp4, or .png for a single driving image).
+
+    The inputs are read and checked before the model is loaded, so a bad input fails at once.
+    ``progress``: a status line per phase and progress bars (on stderr)."""
     options = options or AnimateOptions()
+    status: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in (".mp4", *IMAGE_OUT):
         raise InputError(f"{output}: unsupported output format (use .mp4, or .png/.jpg for one frame)")
     if not output.parent.is_dir():
         raise InputError(f"{output}: cannot write, folder {output.parent} does not exist")
-    pipeline = pipeline or MIMAFacePipeline.from_pretrained(checkpoint)
-    source = prepare_source(load_image(source_path), pipeline.image_size, face_index=options.face_index,
-                            name=str(source_path))
+    if options.sampling.scheduler not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {options.sampling.scheduler!r} (use one of {', '.join(SCHEDULERS)})")
+    image_size = pipeline.image_size if pipeline is not None else MIMAFacePipeline.read_settings(checkpoint)["image_size"]
+
+    status(f"finding the face in {source_path}")
+    source = prepare_source(load_image(source_path), image_size, face_index=options.face_index, name=str(source_path))
+    status(f"reading the driving motion from {driving_path}")
     driving = read_driving(driving_path, options, progress)
     if suffix in IMAGE_OUT and driving.num_frames != 1:
         raise InputError(f"{output}: an image output needs a single driving frame; the driving has {driving.num_frames}")
     motion = retarget(source.coefficients, driving, options.retarget)
-    result = pipeline(source.crop, motion, num_inference_steps=options.num_inference_steps,
-                      guidance_scale=options.guidance_scale, seed=options.seed, clip_length=options.clip_length,
-                      overlap=options.overlap, use_ica=options.use_ica, scheduler=options.scheduler,
-                      batch_size=options.batch_size, progress=progress)
-    frames = compose(source, result, paste=options.paste)
-    if suffix in IMAGE_OUT:
-        write_image(output, frames[0])
-    else:
-        fps = options.fps or driving.fps
-        audio = driving_path if is_video_path(driving_path) and has_audio(driving_path) else None
-        write_video(output, frames, fps, audio_from=audio)
-    if options.frames_dir:
-        write_frames(Path(options.frames_dir), frames)
-    if options.side_by_side:
-        driving_frames = _driving_frames(driving_path, driving.num_frames)
-        panels = (side_by_side(source.image, d, r, g) for d, r, g in zip(driving_frames, result.renders, frames))
-        write_video(options.side_by_side, panels, options.fps or driving.fps)
-    return result
+    fps = options.fps or driving.fps
+
+    if pipeline is None:
+        status(f"loading the model from {checkpoint or 'the bundled tiny model'}")
+        pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
+    pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+    pipeline.scheduler = SCHEDULERS[options.sampling.scheduler].from_config(pipeline.scheduler.config)
+    status(f"generating {motion.num_frames} frame(s) at {image_size} px")
+    clips = pipeline.generate_clips(source.crop, motion, **options.sampling.pipeline_kwargs())
+    frames = composed_frames(source, pipeline.render(source.coefficients)[0] > 0, clips, paste=options.paste)
+
+    num_clips = 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if suffix not in IMAGE_OUT:
+            audio = driving_path if is_video_path(driving_path) and has_audio(driving_path) else None
+            writer = stack.enter_context(VideoWriter(output, fps, audio_from=audio))
+        panels = None
+        if options.side_by_side:
+            panels = stack.enter_context(VideoWriter(options.side_by_side, fps))
+            driving_frames = _driving_frames(driving_path)
+        if options.frames_dir:
+            Path(options.frames_dir).mkdir(parents=True, exist_ok=True)
+        for index, (frame, render, clip_index) in enumerate(frames):
+            num_clips = clip_index + 1
+            if writer is not None:
+                writer.write(frame)
+            else:
+                write_image(output, frame)
+            if options.frames_dir:
+                write_image(Path(options.frames_dir) / f"frame_{index:06d}.png", frame)
+            if panels is not None:
+                panels.write(side_by_side(source.image, next(driving_frames), render, frame))
+    status(f"wrote {output}")
+    return AnimateResult(output, motion.num_frames, num_clips)
 
 
-def compose(source: SourceFace, result: AnimationOutput, paste: bool = True) -> list[np.ndarray]:
-    """The frames to write: pasted into the source picture (colour-matched to the source crop) or the crops."""
-    if not paste:
-        return list(result.frames)
-    gain, offset = colour_transfer(result.frames[0], source.crop)
-    return [paste_back(source.image, frame, source.box, gain=gain, offset=offset) for frame in result.frames]
+def composed_frames(source: SourceFace, source_silhouette: np.ndarray, clips, *,
+                    paste: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(frame to write, its I_R, clip index) for every frame the pipeline's ``generate_clips`` yields:
+    pasted into the source picture through a face-shaped mask (colour-matched once) or the crops."""
+    paste_back = PasteBack(source.image, source.box, source.crop, source_silhouette) if paste else None
+    for clip in clips:
+        for crop, render in zip(to_uint8(clip.frames), clip.renders):
+            yield (paste_back(crop, render > 0) if paste_back else crop), render, clip.clip_index
 
 
-def write_frames(folder: Path, frames: list[np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(frames):
-        write_image(folder / f"frame_{i:06d}.png", frame)
-
-
-def _driving_frames(path: str | os.PathLike, count: int):
-    """What to show as "driving" in the side-by-side: the video's frames, the image, or black."""
+def _driving_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """What to show as "driving" in the side-by-side: the video's frames (its last one repeated if
+    the motion is longer), the image, or black."""
+    frame = np.zeros((64, 64, 3), np.uint8)
     if is_video_path(path):
-        return iter_video_frames(path)
-    if Path(path).suffix.lower() in MOTION_FILES:
-        return (np.zeros((64, 64, 3), np.uint8) for _ in range(count))
-    image = load_image(path)
-    return (image for _ in range(count))
-
+        for frame in iter_video_frames(path):
+            yield frame
+    elif Path(path).suffix.lower() not in MOTION_FILES:
+        frame = load_image(path)
+    while True:
+        yield frame

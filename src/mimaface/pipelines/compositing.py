@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 
 def colour_transfer(generated: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -16,34 +17,70 @@ def colour_transfer(generated: np.ndarray, reference: np.ndarray) -> tuple[np.nd
     return gain, r.mean(0) - gain * g.mean(0)
 
 
-def feather_mask(size: int, feather: float = 0.12) -> np.ndarray:
-    """(size, size) float mask: 1 inside, falling smoothly to 0 over ``feather`` x size at the border."""
-    ramp = max(1.0, feather * size)
-    d = np.minimum(np.arange(size) + 0.5, size - np.arange(size) - 0.5) / ramp
-    edge = np.clip(d, 0, 1)
-    edge = edge * edge * (3 - 2 * edge)  # smoothstep
-    return np.minimum(edge[:, None], edge[None, :])
+class PasteBack:
+    """Pastes generated crops into the source picture through a face-shaped mask (colour-matched once).
+
+    The mask of a frame is the union of the source's and the frame's face silhouettes (so the source's
+    own face never shows through when the head moves), its holes (eyes, mouth) filled, extended upwards
+    by ``hair`` for the forehead and hairline, dilated by ``dilate`` and feathered over ``feather``; it is
+    built from a signed distance field upsampled to the paste resolution, so its edge is smooth however
+    small the silhouettes are. It is also forced to 0 within ``border`` of the box edge (rising over
+    ``feather``), so no box edge can show. Lengths are fractions of the box side. The colour correction
+    (:func:`colour_transfer` to the source crop) is computed from the first crop passed and reused, so a
+    video does not flicker.
+    """
+
+    def __init__(self, image: np.ndarray, box: np.ndarray, source_crop: np.ndarray, source_silhouette: np.ndarray,
+                 *, dilate: float = 0.03, feather: float = 0.06, hair: float = 0.1, border: float = 0.02) -> None:
+        self.source_silhouette = np.asarray(source_silhouette) > 0
+        if not self.source_silhouette.any():
+            raise ValueError("the source silhouette is empty")
+        self.image, self.source_crop = image, source_crop
+        self.dilate, self.feather, self.hair = dilate, feather, hair
+        self.gain: np.ndarray | None = None
+        self.offset: np.ndarray | None = None
+        height, width = image.shape[:2]
+        cx, cy, side = (float(v) for v in box)
+        self.size = max(1, int(round(side)))
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        # the part of the box inside the picture, in picture and in box pixels
+        self._picture = (slice(max(y0, 0), max(min(y0 + self.size, height), 0)),
+                        slice(max(x0, 0), max(min(x0 + self.size, width), 0)))
+        self._in_box = tuple(slice(s.start - o, s.stop - o) for s, o in zip(self._picture, (y0, x0)))
+        edge = np.minimum(np.arange(self.size) + 0.5, self.size - np.arange(self.size) - 0.5) / self.size
+        edge = _smoothstep((edge - border) / feather)
+        self._edge = np.minimum(edge[:, None], edge[None, :])
+
+    def mask(self, silhouette: np.ndarray) -> np.ndarray:
+        """The blending weight (side, side) in [0, 1] over the box for a frame's silhouette (S, S)."""
+        union = self.source_silhouette | (np.asarray(silhouette) > 0)
+        res = union.shape[0]
+        face = union.copy()
+        for shift in range(1, int(round(self.hair * res)) + 1):  # each face pixel also covers the rows above it
+            face[:-shift] |= union[shift:]
+        face = ndimage.binary_fill_holes(face)
+        # signed distance to the silhouette's edge (pixel edges, not centres), in fractions of the side
+        sdf = np.where(face, 0.5 - ndimage.distance_transform_edt(face), ndimage.distance_transform_edt(~face) - 0.5)
+        sdf = Image.fromarray((sdf / res).astype(np.float32)).resize((self.size, self.size), Image.BILINEAR)
+        return _smoothstep((self.dilate + self.feather - np.asarray(sdf, np.float64)) / self.feather) * self._edge
+
+    def __call__(self, crop: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+        """The whole picture (H, W, 3) uint8 with ``crop`` (S, S, 3) uint8 pasted through ``silhouette``'s mask."""
+        if self.gain is None:
+            self.gain, self.offset = colour_transfer(crop, self.source_crop)
+        tile = np.clip(crop * self.gain + self.offset, 0, 255).round().astype(np.uint8)
+        tile = np.asarray(Image.fromarray(tile).resize((self.size, self.size), Image.BICUBIC), np.float64)
+        mask = self.mask(silhouette)[self._in_box][..., None]
+        out = self.image.copy()
+        region = self.image[self._picture]
+        out[self._picture] = (mask * tile[self._in_box] + (1 - mask) * region).round().astype(np.uint8)
+        return out
 
 
-def paste_back(image: np.ndarray, crop: np.ndarray, box: np.ndarray, *, gain: np.ndarray | None = None,
-               offset: np.ndarray | None = None, feather: float = 0.12) -> np.ndarray:
-    """The source ``image`` with ``crop`` (S, S, 3) resized into ``box`` (centre x, centre y, side), blended
-    through a feathered mask, after the colour correction ``gain``/``offset``."""
-    height, width = image.shape[:2]
-    cx, cy, side = (float(v) for v in box)
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    n = max(1, int(round(side)))
-    tile = crop.astype(np.float64)
-    if gain is not None:
-        tile = tile * gain + offset
-    tile = np.asarray(Image.fromarray(np.clip(tile, 0, 255).astype(np.uint8)).resize((n, n), Image.BICUBIC),
-                      np.float64)
-    mask = feather_mask(n, feather)[..., None]
-    out = image.astype(np.float64)
-    ys, xs = slice(max(y0, 0), min(y0 + n, height)), slice(max(x0, 0), min(x0 + n, width))
-    ts = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
-    out[ys, xs] = mask[ts] * tile[ts] + (1 - mask[ts]) * out[ys, xs]
-    return np.clip(out.round(), 0, 255).astype(np.uint8)
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    """0 below 0, 1 above 1, a smooth S-curve in between."""
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
 
 
 def side_by_side(*panels: np.ndarray, height: int = 256) -> np.ndarray:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mimaface.data.preprocess import boxes_from_pose, crop_square, landmarks_to_crop, neutral_face_box
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
+from mimaface.face3d.crop import boxes_from_pose, crop_square, landmarks_to_crop, neutral_face_box
 from mimaface.face3d.fitting import FaceFitter
 from mimaface.face3d.landmarks import detect_face
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,12 @@ from torch import nn
 from mimaface.data.datasets import ClipDataset, FramePairDataset
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.face3d.pipeline import render_motion
+from mimaface.figures import image_grid
 from mimaface.models import loading
 from mimaface.models.config import MIMAFaceConfig
-from mimaface.models.ica import ica_condition_from_previous, max_conditioning_frames
 from mimaface.models.mimaface_model import MIMAFaceModel
-from mimaface.pipelines.sampling import denoise
+from mimaface.pipelines.pipeline import MIMAFacePipeline, to_uint8
 from mimaface.training.config import StageSection, TrainConfig
-from mimaface.training.grids import image_grid, to_uint8
 from mimaface.training.latent_cache import LatentCache, build_latent_cache, encode_images
 from mimaface.training.objectives import DenoisingObjective, VAEObjective
 
@@ -113,7 +110,8 @@ class VAETask(Task):
         recon = vae.decode(vae.encode(images.to(self.device)).latent_dist.mean).sample.cpu()
         vae.train(was_training)
         psnr = _psnr(recon, images)
-        image_grid([[to_uint8(x) for x in images], [to_uint8(x) for x in recon]], path,
+        tiles = lambda x: list(to_uint8((x.float() / 2 + 0.5).permute(0, 2, 3, 1).numpy()))  # [-1, 1] -> uint8
+        image_grid([tiles(images), tiles(recon)], path,
                    row_labels=["input", "reconstruction"],
                    title=f"VAE on held-out identities: PSNR {psnr:.2f} dB")
 
@@ -161,28 +159,29 @@ class _DenoisingTask(Task):
         render_latents = encode_images(self.vae, renders.flatten(0, -4).to(self.device))
         return latents.unflatten(0, shape[:-3]), render_latents.unflatten(0, shape[:-3])
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float().cpu()
+    def pipeline(self, model: MIMAFaceModel) -> MIMAFacePipeline:
+        """The inference pipeline around ``model`` (the one users run; validation and export use it):
+        DDIM on the training noise schedule, the crop size and the stage-2 clip length F."""
+        pipeline = MIMAFacePipeline(model=model, vae=self.vae, scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+                                    image_size=self.dataset.size, clip_length=self.config.data.num_frames)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
-    def _sampler(self) -> DDIMScheduler:
-        return DDIMScheduler.from_config(self.noise_scheduler.config)
-
-    def _encode_renders(self, renders: np.ndarray) -> torch.Tensor:
-        """uint8 (N, H, W) I_R -> scaled latents."""
-        x = torch.from_numpy(renders).float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
-        return encode_images(self.vae, x.to(self.device))
+    def _sample(self, model: MIMAFaceModel, source: np.ndarray, motion: MotionCoefficients, **kwargs: Any) -> np.ndarray:
+        """Generated uint8 frames of ``source`` performing ``motion``, through the pipeline, in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            frames = self.pipeline(model)(np.ascontiguousarray(source), motion,
+                                          num_inference_steps=self.config.validation_inference_steps,
+                                          guidance_scale=self.config.validation_guidance_scale,
+                                          generator=torch.Generator().manual_seed(self.config.seed), **kwargs).frames
+        finally:
+            model.train(was_training)
+        return to_uint8(frames)
 
     def export(self, module: nn.Module, directory: Path) -> None:
-        model: MIMAFaceModel = module.model
-        model.save_pretrained(directory)
-        self.vae.save_pretrained(directory / "vae")
-        self.noise_scheduler.save_pretrained(directory / "scheduler")
-        # What inference needs to know of training: the crop size and (stage 2) the clip length F.
-        settings = {"image_size": self.dataset.size}
-        if isinstance(self.dataset, ClipDataset):
-            settings["clip_length"] = self.dataset.num_frames
-        (directory / "pipeline_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+        self.pipeline(module.model).save_pretrained(directory)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         if self.model.identity is None:
@@ -250,20 +249,14 @@ class ImageTask(_DenoisingTask):
                 "pose": batch["pose"].to(d), "expression": batch["expression"].to(d), "gaze": batch["gaze"].to(d),
                 "identity": batch["identity"].to(d)}
 
-    @torch.no_grad()
     def validate(self, module: nn.Module, path: Path) -> None:
         """Two figures on held-out identities. ``path``: rows alternate same-identity (the driving frame is
         the ground truth) and cross-identity reenactment, columns source | driving | I_R | generated.
         ``path``-matrix.png: every source (rows) driven by every driving frame (columns); the diagonal
         is same-identity, and appearance should follow the row while pose and expression follow the column."""
         model: MIMAFaceModel = module.model
-        was_training = model.training
-        model.eval()
-        try:
-            self._validation_rows(model, path)
-            self.reenactment_matrix(model, path.with_name(f"{path.stem}-matrix.png"))
-        finally:
-            model.train(was_training)
+        self._validation_rows(model, path)
+        self.reenactment_matrix(model, path.with_name(f"{path.stem}-matrix.png"))
 
     def _held_out_clips(self) -> list[int]:
         """One clip (the first) of each held-out identity."""
@@ -275,21 +268,11 @@ class ImageTask(_DenoisingTask):
     def _generate(self, model: MIMAFaceModel, source_clip: int, driving_clip: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(I_R with the source's face shape, generated image) for one driving frame; uint8 (S, S) and (S, S, 3)."""
         test = self.test
-        frames, _ = test._clip_arrays(source_clip)
-        driving = test.motion(driving_clip)
-        if source_clip == driving_clip:
-            render = np.array(test._clip_arrays(driving_clip)[1][frame : frame + 1])
-        else:
-            render = _render_with_identity(test.clips[driving_clip].motion(), [frame],
-                                           test.clips[source_clip].motion().identity, test.size)
-        source = torch.from_numpy(np.array(frames[0])).permute(2, 0, 1).float().div(255).unsqueeze(0)
-        coeffs = [torch.from_numpy(driving[k][frame : frame + 1]).to(self.device) for k in ("pose", "expression", "gaze")]
-        condition = model.encode_appearance(source.to(self.device), *coeffs).condition
-        generator = torch.Generator().manual_seed(self.config.seed)
-        latents = denoise(model, self._sampler(), self._encode_renders(render), condition, generator=generator,
-                          num_inference_steps=self.config.validation_inference_steps,
-                          guidance_scale=self.config.validation_guidance_scale)
-        return render[0], to_uint8(self._decode(latents)[0])
+        source = np.array(test._clip_arrays(source_clip)[0][0])
+        motion = dataclasses.replace(test.clips[driving_clip].motion().select([frame]),
+                                     identity=test.clips[source_clip].motion().identity)
+        pipeline = self.pipeline(model)
+        return pipeline.render(motion)[0], self._sample(model, source, motion)[0]
 
     def _validation_rows(self, model: MIMAFaceModel, path: Path) -> None:
         clips = self._held_out_clips()
@@ -329,14 +312,10 @@ class VideoTask(_DenoisingTask):
         if not m.pretrained:
             raise InputError("stage 2 starts from a stage-1 model: set model.pretrained to its RUN_DIR/final "
                              "(or pass --pretrained)")
-        pretrained = Path(m.pretrained)
-        self.model = MIMAFaceModel.from_pretrained(pretrained)
-        self.vae = loading.load_vae(Path(m.vae) if m.vae else pretrained / "vae")
-        scheduler_dir = pretrained / "scheduler"
-        if not scheduler_dir.is_dir():
-            raise InputError(f"'{pretrained}' has no scheduler/ folder; expected a folder written by stage 1 "
-                             f"(RUN_DIR/final)")
-        self.noise_scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
+        pretrained = MIMAFacePipeline.from_pretrained(m.pretrained)
+        self.model = pretrained.model
+        self.vae = loading.load_vae(Path(m.vae)) if m.vae else pretrained.vae
+        self.noise_scheduler = DDPMScheduler.from_config(pretrained.scheduler.config)
         self.noise_scheduler.register_to_config(prediction_type=self.stage.prediction_type)
         self.model.train()
         self.model.set_stage(2)
@@ -359,42 +338,20 @@ class VideoTask(_DenoisingTask):
         return {"latents": latents, "render_latents": render_latents, "source": batch["source"].to(d),
                 "pose": batch["pose"].to(d), "expression": batch["expression"].to(d), "gaze": batch["gaze"].to(d)}
 
-    @torch.no_grad()
     def validate(self, module: nn.Module, path: Path) -> None:
         """Two consecutive clips of a held-out identity, the second continued from the first through ICA."""
         model: MIMAFaceModel = module.model
         test = self.test
         f = self.config.data.num_frames
-        k = max(1, max_conditioning_frames(f, model.config.ica))
+        k = self.pipeline(model).config.overlap
         clip = int(np.argmax(test.lengths))
-        starts = [0, f - k] if int(test.lengths[clip]) >= 2 * f - k else [0]
-        total = starts[-1] + f
+        total = min(int(test.lengths[clip]), 2 * f - k)
         frames, renders = test._clip_arrays(clip)
-        motion = test.motion(clip)
-        source = torch.from_numpy(np.array(frames[-1])).permute(2, 0, 1).float().div(255).unsqueeze(0).to(self.device)
-        e_tex, e_id = model.encode_source(source)  # once for all clips: only the motion differs per frame
-        render_latents = self._encode_renders(np.array(renders[:total]))
-        generator = torch.Generator().manual_seed(self.config.seed)
-        was_training = model.training
-        model.eval()
-        outputs, previous = [], None
-        for start in starts:
-            window = slice(start, start + f)
-            coeffs = [torch.from_numpy(motion[key][window]).unsqueeze(0).to(self.device)
-                      for key in ("pose", "expression", "gaze")]
-            condition = model.condition_from_tokens(e_tex, e_id, *coeffs)
-            like = render_latents[window].unsqueeze(0)
-            latents = denoise(model, self._sampler(), like, condition, generator=generator,
-                              ica=ica_condition_from_previous(previous, f, like),
-                              num_inference_steps=self.config.validation_inference_steps,
-                              guidance_scale=self.config.validation_guidance_scale)
-            outputs.append(latents[0, (0 if previous is None else k):])
-            previous = latents[:, -k:]
-        model.train(was_training)
-        generated = self._decode(torch.cat(outputs))
+        motion = test.clips[clip].motion().select(np.arange(total))
+        generated = self._sample(model, np.array(frames[-1]), motion)
         image_grid([[np.array(frames[i]) for i in range(total)],
                     [np.repeat(np.array(renders[i])[..., None], 3, -1) for i in range(total)],
-                    [to_uint8(g) for g in generated]], path, row_labels=["driving", "I_R", "generated"],
+                    list(generated)], path, row_labels=["driving", "I_R", "generated"],
                    title=f"held-out identity: {f}-frame clips, the second continued from the first through ICA "
                          f"(k = {k}, new clip from frame {f})")
 
@@ -407,13 +364,6 @@ def _model_config(config: TrainConfig) -> MIMAFaceConfig:
     if config.model.scale == "sd15":
         return MIMAFaceConfig.sd15(**overrides)
     return MIMAFaceConfig.tiny(**overrides)
-
-
-def _render_with_identity(motion: MotionCoefficients, frames: list[int], identity: np.ndarray, size: int) -> np.ndarray:
-    """I_R (N, S, S) uint8 of some frames of ``motion`` with another face shape."""
-    sub = dataclasses.replace(motion, pose=motion.pose[frames], expression=motion.expression[frames],
-                              gaze=motion.gaze[frames], identity=identity, landmarks=None)
-    return np.stack([image[..., 0] for image, _ in render_motion(sub, size, progress=False)])
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 
 from mimaface.errors import InputError
 from mimaface.training.config import STAGES, TrainConfig
-from mimaface.training.grids import loss_curve
+from mimaface.figures import loss_curve
 from mimaface.training.sampler import ResumableShardSampler
 from mimaface.training.tasks import TASKS, Task
 
@@ -292,10 +291,3 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerStat
         for old in checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mimaface.train`` / ``accelerate launch -m mimaface.train``: the same options as ``mimaface train``."""
-    from mimaface.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

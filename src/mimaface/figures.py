@@ -1,4 +1,4 @@
-"""Image grids (validation) and the loss-curve plot, written as PNG."""
+"""Figures written as PNG: labelled image grids (validation, evaluation, the demo) and loss curves."""
 
 from __future__ import annotations
 
@@ -6,18 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from mimaface.media import atomic_output
 
 _PAD = 2
 _LABEL = 14
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, *, column_labels: Sequence[str] | None = None,
