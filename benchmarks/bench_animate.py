@@ -1,72 +1,108 @@
-"""Seconds per generated frame of the long-video pipeline.
+"""Speed and memory of generation. Not a test.
 
-* default: the bundled tiny model on this machine's CPU (64 px, clips of 8 joined through ICA);
-* ``--scale sd15 --device cuda``: the paper's network shape with random weights (SD-1.5 UNet,
-  CLIP ViT-L/14, AnimateDiff v3 motion modules, SD-1.5-shaped VAE) at 512 px, clips of 12.
+* default: seconds per generated frame of the bundled tiny model on this machine's CPU (64 px,
+  clips of 8 joined through ICA), with and without ICA;
+* ``--scale sd15 --device cuda``: the same with the paper's network shape and random weights
+  (SD-1.5 UNet, CLIP ViT-L/14, AnimateDiff v3 motion modules, SD-1.5-shaped VAE) at 512 px,
+  clips of 12 (``--dtype bfloat16|float16``);
+* ``--memory``: peak resident memory of the whole ``mimaface animate`` job (generation streamed
+  clip by clip, paste-back into the portrait, H.264 encoding) for 100 and for 1000 driving frames,
+  each in a fresh process. Streaming means the second is close to the first.
 
-Prints s/frame for ``--frames`` frames at ``--steps`` denoising steps (with classifier-free
-guidance, so two UNet passes per step), with and without ICA, and the share of the time spent
-outside the denoiser (rendering I_R, VAE). Not a test.
-Run: ``python benchmarks/bench_animate.py [--scale sd15 --device cuda]``.
+Run: ``python benchmarks/bench_animate.py [--scale sd15 --device cuda] [--memory]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from mimaface.face3d.coefficients import motion_from_json
 from mimaface.demo import asset_path
+from mimaface.face3d.coefficients import motion_from_json
 from mimaface.models import MIMAFaceConfig, MIMAFaceModel
 from mimaface.pipelines.pipeline import MIMAFacePipeline
 from mimaface.training.tasks import SD15_NOISE_SCHEDULE
+
+
+def seconds_per_frame(args: argparse.Namespace) -> None:
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # fastest for the tiny model on few cores
+    dtype = getattr(torch, args.dtype)
+    if args.scale == "tiny":
+        pipeline = MIMAFacePipeline.from_pretrained(dtype=dtype)
+    else:
+        config = MIMAFaceConfig.sd15()
+        pipeline = MIMAFacePipeline(MIMAFaceModel(config), AutoencoderKL(**config.vae),
+                                    DDIMScheduler(**SD15_NOISE_SCHEDULE), image_size=512, clip_length=12)
+        pipeline.to(dtype=dtype)
+    pipeline.to(args.device)
+    pipeline.set_progress_bar_config(disable=True)
+    size = pipeline.image_size
+    talk = motion_from_json(asset_path("talk.json"))
+    motion = talk.select(np.arange(args.frames) % talk.num_frames)
+    motion.image_size = (size, size)
+    source = np.full((size, size, 3), 127, np.uint8)
+    print(f"{args.scale} on {args.device} ({args.dtype}): {size} px, clips of {pipeline.config.clip_length}, "
+          f"{args.steps} steps, CFG, {args.frames} frames")
+    for use_ica in (True, False):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = pipeline(source, motion, num_inference_steps=args.steps, use_ica=use_ica,
+                       generator=torch.Generator().manual_seed(0))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        print(f"  {'ICA' if use_ica else 'no ICA'}: {seconds / args.frames:.3f} s/frame ({len(out.clip_starts)} clips, "
+              f"{seconds:.1f} s)")
+
+
+def peak_memory(frames: list[int], steps: int) -> None:
+    """Peak RSS of `mimaface animate` (bundled model, paste-back into the 256 px portrait) per length."""
+    talk = motion_from_json(asset_path("talk.json"))
+    print(f"mimaface animate, bundled model, {steps} steps, pasted into {asset_path('portrait.jpg').name}, one thread")
+    print("| driving frames | peak RSS (MiB) | seconds |")
+    print("| ---: | ---: | ---: |")
+    peaks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in frames:
+            driving = Path(tmp) / f"motion{n}.npz"
+            talk.select(np.arange(n) % talk.num_frames).save(driving)
+            start = time.perf_counter()
+            process = subprocess.Popen([sys.executable, "-m", "mimaface.cli", "animate", "--source",
+                                        str(asset_path("portrait.jpg")), "--driving", str(driving), "-o",
+                                        str(Path(tmp) / "out.mp4"), "--steps", str(steps), "--threads", "1", "-q"],
+                                       stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            if status != 0:
+                raise SystemExit(f"mimaface animate failed for {n} frames (status {status})")
+            peaks.append(usage.ru_maxrss / 1024)  # Linux reports KiB
+            print(f"| {n} | {peaks[-1]:.0f} | {time.perf_counter() - start:.0f} |", flush=True)
+    print(f"ratio {frames[-1]} / {frames[0]} frames: {peaks[-1] / peaks[0]:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--fp16", action="store_true", help="half precision (CUDA)")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of animate for 100 and 1000 frames")
     args = parser.parse_args()
-    if args.device == "cpu":
-        torch.set_num_threads(1)  # fastest for the tiny model on few cores
-    if args.scale == "tiny":
-        pipeline = MIMAFacePipeline.from_pretrained(device=args.device)
+    if args.memory:
+        peak_memory([100, 1000], steps=2)
     else:
-        config = MIMAFaceConfig.sd15()
-        model = MIMAFaceModel(config)
-        vae = AutoencoderKL(**config.vae)
-        pipeline = MIMAFacePipeline(model, vae, DDIMScheduler(**SD15_NOISE_SCHEDULE), device=args.device)
-        pipeline.settings.update({"image_size": 512, "clip_length": 12})
-        if args.fp16:
-            pipeline.model.half()
-            pipeline.vae.half()
-    size = pipeline.image_size
-    talk = motion_from_json(asset_path("talk.json"))
-    motion = talk.select(np.arange(args.frames) % talk.num_frames)
-    motion.image_size = (size, size)
-    source = np.full((size, size, 3), 127, np.uint8)
-    print(f"{args.scale} on {args.device}: {size} px, clips of {pipeline.default_clip_length}, {args.steps} steps, "
-          f"CFG, {args.frames} frames")
-    start = time.perf_counter()
-    pipeline.render(motion)
-    render_seconds = time.perf_counter() - start
-    for use_ica in (True, False):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = pipeline(source, motion, num_inference_steps=args.steps, use_ica=use_ica, progress=False)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        print(f"  {'ICA' if use_ica else 'no ICA'}: {seconds / args.frames:.3f} s/frame ({len(out.clip_starts)} clips, "
-              f"{seconds:.1f} s; I_R rendering {render_seconds / seconds:.0%} of it)")
+        seconds_per_frame(args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The competitor is another torch job (matrix products in a loop, torch's default 
 common case of two jobs sharing a machine. ``--steps`` keeps each run short; the ratio "loaded /
 alone" is what matters: 2 on 2 cores is a fair share, 20 is thread oversubscription.
 
-    python benchmarks/bench_threads.py [--steps 5] [--settings default passive threads1]
+    python benchmarks/bench_threads.py [--steps 5] [--settings default libgomp-default passive threads1]
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ COMPETITOR = ("import torch\n"
               "while True:\n"
               "    a = torch.tanh(a @ a / 16)\n")
 
-# name -> (extra environment, extra demo arguments). "default" is what a user gets with no flags.
+# name -> (extra environment, extra demo arguments). "default" is what a user gets with no flags
+# (the CLI sets GOMP_SPINCOUNT=1000 unless it is set); "libgomp-default" is libgomp's own 300000.
 SETTINGS = {
     "default": ({}, []),
-    "spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, []),
+    "libgomp-default": ({"GOMP_SPINCOUNT": "300000"}, []),
+    "spin20k": ({"GOMP_SPINCOUNT": "20000"}, []),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
     "threads1": ({}, ["--threads", "1"]),
 }

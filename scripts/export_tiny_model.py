@@ -24,7 +24,7 @@ STAGES = {"vae": "tiny-vae", "stage1": "tiny-1", "stage2": "tiny-2"}
 
 def reenactment_matrix(runs: Path, data: Path, path: Path) -> None:
     """Held-out sources x held-out driving frames with the final stage-1 model (EMA weights)."""
-    from mimaface.models import MIMAFaceModel
+    from mimaface.pipelines.pipeline import MIMAFacePipeline
     from mimaface.training.config import load_config
     from mimaface.training.tasks import ImageTask
 
@@ -32,7 +32,7 @@ def reenactment_matrix(runs: Path, data: Path, path: Path) -> None:
     config = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"model.vae={runs / 'tiny-vae' / 'final'}",
                                                           "data.cache_latents=false"])
     task = ImageTask(config, config.stage1, runs / "tiny-1", torch.device("cpu"), False)
-    task.reenactment_matrix(MIMAFaceModel.from_pretrained(runs / "tiny-1" / "final"), path)
+    task.reenactment_matrix(MIMAFacePipeline.from_pretrained(runs / "tiny-1" / "final").model, path)
 
 
 def main() -> None:

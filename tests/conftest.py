@@ -31,6 +31,20 @@ def random_coefficients(model: FaceModel, frames: int, seed: int = 0) -> dict[st
     }
 
 
+def motion_of(n: int, seed: int = 0):
+    """Coefficients of n frames for a 64 px crop: a yaw sweep, small random expressions, mean identity."""
+    from mimaface.face3d.coefficients import MotionCoefficients
+
+    face = FaceModel.load()
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((n, 6))
+    pose[:, 0] = np.linspace(-15, 15, n)
+    pose[:, 5] = 0.8
+    return MotionCoefficients(pose, rng.uniform(0, 0.3, (n, face.num_expressions)), np.zeros((n, 4)),
+                              np.zeros(face.num_identities), face.expression_names, face.identity_names,
+                              image_size=(64, 64))
+
+
 @pytest.fixture(scope="session")
 def tiny_synthtalk(tmp_path_factory) -> Path:
     """A small SynthTalk data set: 18 training and 2 held-out identities, 2 clips of 10 frames, 64 px."""

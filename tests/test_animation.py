@@ -11,23 +11,13 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from conftest import motion_of
 from mimaface.cli import main as cli_main
 from mimaface.demo import asset_path
-from mimaface.face3d.coefficients import MotionCoefficients, load_motion
+from mimaface.face3d.coefficients import load_motion
 from mimaface.face3d.model import FaceModel
 from mimaface.media import has_audio, probe_video
 from mimaface.pipelines.retarget import RetargetConfig, retarget
-
-
-def motion_of(n: int, seed: int = 0) -> MotionCoefficients:
-    face = FaceModel.load()
-    rng = np.random.default_rng(seed)
-    pose = np.zeros((n, 6))
-    pose[:, 0] = np.linspace(-15, 15, n)
-    pose[:, 5] = 0.8
-    return MotionCoefficients(pose, rng.uniform(0, 0.3, (n, face.num_expressions)), np.zeros((n, 4)),
-                              np.zeros(face.num_identities), face.expression_names, face.identity_names,
-                              image_size=(64, 64))
 
 
 def test_retarget_relative_absolute_and_options():
@@ -112,3 +102,26 @@ def test_animate_errors(checkpoint, tmp_path, capsys, case):
     if case == "unknown_blendshape":
         assert "jawOpenWide" in err and "jawOpen" in err.replace("jawOpenWide", "")  # names the valid ones
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_animate_reports_each_phase_and_checks_inputs_before_loading(checkpoint, tmp_path, capsys, monkeypatch):
+    from mimaface.pipelines import animate as animate_module
+    from mimaface.pipelines.pipeline import MIMAFacePipeline
+
+    out = tmp_path / "out.mp4"
+    assert cli_main(["animate", "--source", str(asset_path("portrait.jpg")), "--driving", str(asset_path("talk.json")),
+                     "-o", str(out), "--checkpoint", str(checkpoint), "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    phases = ["finding the face in", "reading the driving motion from", "loading the model from", "generating 75 frame(s)",
+              f"wrote {out}"]
+    positions = [err.find(phase) for phase in phases]
+    assert -1 not in positions and positions == sorted(positions), err
+    # A source without a face fails before the model is loaded.
+    loads = []
+    monkeypatch.setattr(MIMAFacePipeline, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+    blank = tmp_path / "blank.png"
+    from mimaface.media import write_image
+    write_image(blank, np.full((128, 128, 3), 90, np.uint8))
+    with pytest.raises(Exception, match="face"):
+        animate_module.animate(blank, asset_path("talk.json"), tmp_path / "x.mp4", checkpoint=checkpoint, progress=False)
+    assert loads == []

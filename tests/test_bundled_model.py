@@ -20,7 +20,7 @@ def test_bundled_model_is_small_complete_and_documented():
     assert set(record["stages"]) == {"vae", "stage1", "stage2"}
     assert all(s["commands"] for s in record["stages"].values())
     pipeline = MIMAFacePipeline.from_pretrained()
-    assert pipeline.image_size == record["data"]["size"] and pipeline.default_clip_length == 8
+    assert pipeline.image_size == record["data"]["size"] and pipeline.config.clip_length == 8
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.face3d.model import FaceModel
+from conftest import motion_of
 from mimaface.pipelines.pipeline import SCHEDULERS, MIMAFacePipeline, clip_windows, to_uint8
 
 
@@ -21,17 +20,6 @@ def pipeline(checkpoint):
     pipe = MIMAFacePipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def motion_of(n: int, seed: int = 0) -> MotionCoefficients:
-    face = FaceModel.load()
-    rng = np.random.default_rng(seed)
-    pose = np.zeros((n, 6))
-    pose[:, 0] = np.linspace(-15, 15, n)
-    pose[:, 5] = 0.8
-    return MotionCoefficients(pose, rng.uniform(0, 0.3, (n, face.num_expressions)), np.zeros((n, 4)),
-                              np.zeros(face.num_identities), face.expression_names, face.identity_names,
-                              image_size=(64, 64))
 
 
 def crop(seed: int = 0) -> np.ndarray:

@@ -389,7 +389,15 @@ def _native_logs_silenced():
         os.close(devnull)
 
 
+#: libgomp (torch's OpenMP) spins this many times before a waiting thread sleeps. Its default
+#: (300000) made `mimaface demo` 4.4x slower beside one other CPU-bound job on 2 cores, because the
+#: spinning threads of both jobs take the cores from each other; 1000 gave 1.7x at the same speed
+#: alone (benchmarks/bench_threads.py, README "Threads"). It must be set before torch loads.
+GOMP_SPINCOUNT = "1000"
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides of `train` may stand anywhere among its options.

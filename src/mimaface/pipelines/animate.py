@@ -47,7 +47,7 @@ class AnimateOptions:
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     face_index: int | None = None  # which face of the source
     driving_face_index: int | None = None
-    max_gap: int = 12  # driving video: longest faceless run interpolated
+    max_gap: int = ExtractConfig.max_gap  # driving video: longest faceless run interpolated
     paste: bool = True  # False: write the crops
     side_by_side: str | None = None  # path of a source | driving | I_R | result video
     frames_dir: str | None = None  # also write PNG frames here

@@ -158,12 +158,12 @@ class MIMAFacePipeline(DiffusionPipeline):
                 raise ModelLoadError(f"'{folder}' has no {name}/ folder; expected {SAVED_HOW}")
         kwargs.setdefault("local_files_only", True)  # weights are never downloaded
         # diffusers' "Loading pipeline components" bar: a fraction of a second of noise for our users.
-        bars_were_off = diffusers_logging.are_progress_bars_disabled()
+        bars_were_on = diffusers_logging.is_progress_bar_enabled()
         diffusers_logging.disable_progress_bar()
         try:
             return super().from_pretrained(folder, **kwargs)
         finally:
-            if not bars_were_off:
+            if bars_were_on:
                 diffusers_logging.enable_progress_bar()
 
     @classmethod

@@ -9,7 +9,6 @@ line against the working directory.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 import typing
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from mimaface.errors import InputError
+from mimaface.pipelines.options import SamplingOptions
 
 STAGES = ("vae", "1", "2")
 
@@ -92,7 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     validation_steps: int = 500
     validation_inference_steps: int = 20
-    validation_guidance_scale: float = 2.0
+    validation_guidance_scale: float = SamplingOptions.guidance_scale
     log_steps: int = 10
     log_with: Literal["tensorboard", "none"] = "tensorboard"
 
