@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_image(tmp / "astronaut.png", image)
-        code = cli_main(["animate", "--source", str(tmp / "astronaut.png"), "--driving", str(driving), "-o",
+        code = cli_main(["animate", "--engine", "diffusion", "--source", str(tmp / "astronaut.png"), "--driving", str(driving), "-o",
                          str(tmp / "out.mp4"), "--crop", "--frames-dir", str(tmp / "frames"), "--steps",
                          str(args.steps), "-q"])
         if code:

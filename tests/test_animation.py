@@ -125,3 +125,23 @@ def test_animate_reports_each_phase_and_checks_inputs_before_loading(checkpoint,
     with pytest.raises(Exception, match="face"):
         animate_module.animate(blank, asset_path("talk.json"), tmp_path / "x.mp4", checkpoint=checkpoint, progress=False)
     assert loads == []
+
+
+def test_engine_choice(checkpoint, tmp_path, capsys):
+    from mimaface.pipelines.engines import choose_engine
+
+    assert choose_engine(None, None) == "warp" and choose_engine(None, checkpoint) == "diffusion"
+    assert choose_engine("diffusion", None) == "diffusion"  # the bundled model, asked for by name
+    with pytest.raises(Exception, match="unknown engine"):
+        choose_engine("gan", None)
+    out = tmp_path / "warp.mp4"
+    # Without --checkpoint: the warp engine, said in one line; the photo's own pixels move.
+    assert cli_main(["animate", "--source", str(asset_path("portrait.jpg")), "--driving", str(asset_path("talk.json")),
+                     "-o", str(out), "--crop"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("mesh-warp engine (the bundled diffusion model knows only synthetic faces") == 1
+    info = probe_video(out)
+    assert info.num_frames == load_motion(asset_path("talk.json")).num_frames and info.width > 64  # the native crop
+    code = cli_main(["animate", "--source", str(asset_path("portrait.jpg")), "--driving", str(asset_path("talk.json")),
+                     "-o", str(tmp_path / "x.mp4"), "--engine", "warp", "--checkpoint", str(checkpoint), "-q"])
+    assert code == 2 and "warp engine uses none" in capsys.readouterr().err

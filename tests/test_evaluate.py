@@ -123,7 +123,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_synthtalk, che
     from mimaface.pipelines.pipeline import MIMAFacePipeline
 
     options = EvaluateOptions(modes=("same",), num_inference_steps=1, figures=0)
-    original, calls, interrupt = MIMAFacePipeline.__call__, [], [True]
+    original, calls, interrupt = MIMAFacePipeline.generate_clips, [], [True]
 
     def counted(self, *args, **kwargs):
         calls.append(1)
@@ -131,7 +131,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_synthtalk, che
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(MIMAFacePipeline, "__call__", counted)
+    monkeypatch.setattr(MIMAFacePipeline, "generate_clips", counted)
     report = tmp_path / "report"
     with pytest.raises(KeyboardInterrupt):
         evaluate(checkpoint, tiny_synthtalk, report, options, progress=False)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mimaface.errors import InputError, MimafaceError
-from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
+from mimaface.pipelines.options import ENGINES, SCHEDULER_NAMES, SamplingOptions
 
 VIDEO_OUT = (".mp4",)
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -143,7 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         raise InputError("--max-clips must be at least 2")
     sampling = _sampling_options(args)
     options = EvaluateOptions(
-        split=args.split, modes=MODES if args.mode == "both" else (args.mode,), num_inference_steps=sampling.num_inference_steps,
+        **({"engine": args.engine} if args.engine else {}), split=args.split, modes=MODES if args.mode == "both" else (args.mode,), num_inference_steps=sampling.num_inference_steps,
         guidance_scale=sampling.guidance_scale, seed=sampling.seed, use_ica=sampling.use_ica, max_clips=args.max_clips,
         estimator=args.estimator, lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone,
         lpips_linear=args.lpips_linear, fid_weights=args.fid_weights)
@@ -173,7 +173,7 @@ def _cmd_animate(args: argparse.Namespace) -> None:
     from mimaface.pipelines.retarget import RetargetConfig
 
     options = AnimateOptions(
-        sampling=_sampling_options(args),
+        engine=args.engine, sampling=_sampling_options(args),
         retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=args.pose_scale,
                                 expression_multiplier=args.expression_scale, gaze_multiplier=args.gaze_scale,
                                 keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train_estimator)
 
     p = sub.add_parser("evaluate", help="the paper's metrics for a trained model on a SynthTalk test split")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="the engine to evaluate (default: the diffusion model; warp: the learning-free mesh warp)")
     p.add_argument("--checkpoint", default=None, help="a trained model folder (default: the bundled tiny model)")
     p.add_argument("--data", required=True, help="a SynthTalk data set folder")
     p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
@@ -327,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="the portrait (image)")
     p.add_argument("--driving", required=True, help="VIDEO, IMAGE, COEFFS.npz or MOTION.json")
     p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or OUT.png for a single driving image)")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="warp (learning-free, the photo itself moves; the default without --checkpoint) or diffusion "
+                        "(the MIMAFace model: --checkpoint, or the bundled tiny model, which knows only synthetic faces)")
     p.add_argument("--checkpoint", default=None, help="a trained model folder (RUN_DIR/final); default: the bundled tiny model")
     _add_sampling_arguments(p, full=True)
     _add_threads_argument(p)

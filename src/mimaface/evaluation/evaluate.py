@@ -43,7 +43,9 @@ from mimaface.evaluation.perceptual import (
 )
 from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.pipelines.options import SamplingOptions
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline, to_uint8
+from mimaface.pipelines.engines import Engine, choose_engine
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, to_uint8
+from mimaface.pipelines.source import aligned_source
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.synthtalk import SynthConfig, render_identity
 
@@ -53,6 +55,7 @@ GENERATED = "generated"
 
 @dataclass
 class EvaluateOptions:
+    engine: str = "diffusion"  # or "warp" (the learning-free engine; no checkpoint)
     split: str = "test"
     modes: tuple[str, ...] = MODES
     num_inference_steps: int = SamplingOptions.num_inference_steps
@@ -74,6 +77,7 @@ class Pair:
     source: ClipRef
     driving: ClipRef
     source_frame: np.ndarray  # (S, S, 3)
+    source_motion: MotionCoefficients  # the source frame's own coefficients (one frame)
     motion: MotionCoefficients  # what the model is asked to perform (source identity, crop frame)
     truth: np.ndarray | None  # (T, S, S, 3)
 
@@ -110,7 +114,7 @@ def make_pairs(root: Path, options: EvaluateOptions) -> list[Pair]:
                 motion = retarget(first, driver.motion(), RetargetConfig(mode="absolute"))
                 truth = (render_identity(recipe, int(clip.identity.removeprefix("id")), motion)
                          if recipe is not None else None)
-            pairs.append(Pair(mode, clip, driver, source_frame, motion, truth))
+            pairs.append(Pair(mode, clip, driver, source_frame, first, motion, truth))
     return pairs
 
 
@@ -212,7 +216,7 @@ def _generation_key(checkpoint: str | Path | None, data: Path, options: Evaluate
             stat = f.stat()
             weights.update(f"{f.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return {"checkpoint": str(folder.resolve()), "weights": weights.hexdigest(), "data": str(data.resolve()),
-            **{k: getattr(options, k) for k in ("split", "max_clips", "num_inference_steps", "guidance_scale",
+            **{k: getattr(options, k) for k in ("engine", "split", "max_clips", "num_inference_steps", "guidance_scale",
                                                 "seed", "use_ica")}}
 
 
@@ -280,14 +284,15 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
     options = options or EvaluateOptions()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
-    pipeline.set_progress_bar_config(disable=True)
+    engine = Engine.load(choose_engine(options.engine, checkpoint), checkpoint)
+    if engine.name == "diffusion":
+        engine.pipeline.set_progress_bar_config(disable=True)
     sampling = SamplingOptions(num_inference_steps=options.num_inference_steps, guidance_scale=options.guidance_scale,
                                seed=options.seed, use_ica=options.use_ica)
     pairs = make_pairs(Path(data), options)
     evaluator = Evaluator(options, synthtalk=read_dataset_info(Path(data)).get("source") == "synthtalk")
-    if pairs[0].source_frame.shape[0] != pipeline.image_size:
-        raise InputError(f"the data set is {pairs[0].source_frame.shape[0]} px, the model {pipeline.image_size} px")
+    if engine.name == "diffusion" and pairs[0].source_frame.shape[0] != engine.pipeline.image_size:
+        raise InputError(f"the data set is {pairs[0].source_frame.shape[0]} px, the model {engine.pipeline.image_size} px")
     results: dict[str, dict[str, list[dict]]] = {mode: {} for mode in options.modes}
     feature_sets: dict[str, dict[str, list[np.ndarray]]] = {mode: {} for mode in options.modes}
     reference_features: dict[str, list[np.ndarray]] = {mode: [] for mode in options.modes}
@@ -301,8 +306,9 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
         if pair in videos:
             generated = videos.load(pair)
         else:
-            out = pipeline(pair.source_frame, pair.motion, **sampling.pipeline_kwargs())
-            generated = GeneratedVideo(to_uint8(out.frames), out.renders, out.clip_starts)
+            clips = list(engine.clips(aligned_source(pair.source_frame, pair.source_motion), pair.motion, sampling))
+            generated = GeneratedVideo(to_uint8(np.concatenate([c.frames for c in clips])),
+                                       np.concatenate([c.renders for c in clips]), [c.start for c in clips])
             videos.save(pair, generated)
         clip_starts = generated.clip_starts
         if evaluator.inception is not None:
@@ -325,7 +331,8 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
                          generated)
     summary = _summarise(results, feature_sets, reference_features, evaluator, pairs, kept, progress)
     summary["options"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()}
-    summary["checkpoint"] = str(checkpoint) if checkpoint is not None else "bundled tiny model"
+    summary["checkpoint"] = ("mesh-warp engine" if engine.name == "warp" else
+                             str(checkpoint) if checkpoint is not None else "bundled tiny model")
     summary["reader"] = evaluator.reader.name
     summary["estimator_held_out"] = evaluator.reader.record.get("held_out", {})
     _write_tables(summary, output)

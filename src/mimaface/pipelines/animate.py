@@ -1,5 +1,7 @@
 """``mimaface animate``: a portrait + a driving video, image or coefficient file -> a video.
 
+Two engines (:mod:`mimaface.pipelines.engines`): the mesh warp (the default without a
+``--checkpoint``: the bundled diffusion model knows only synthetic faces) and the diffusion model.
 Steps: find, crop and fit the source face; read the driving motion (face3d extraction for media,
 as stored for ``.npz`` / ``MOTION.json``); retarget it onto the source (relative by default);
 then, clip by clip as the pipeline yields them: render I_R with the source's face shape,
@@ -32,10 +34,11 @@ from mimaface.media import (
     write_image,
 )
 from mimaface.pipelines.compositing import PasteBack, side_by_side
-from mimaface.pipelines.options import SamplingOptions
-from mimaface.pipelines.pipeline import SCHEDULERS, MIMAFacePipeline, to_uint8
+from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_source
+from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
+from mimaface.pipelines.pipeline import MIMAFacePipeline, to_uint8
 from mimaface.pipelines.retarget import RetargetConfig, retarget
-from mimaface.pipelines.source import SourceFace, prepare_source
+from mimaface.pipelines.source import SourceFace
 
 MOTION_FILES = (".npz", ".json")
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -43,6 +46,7 @@ IMAGE_OUT = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class AnimateOptions:
+    engine: str | None = None  # "warp" or "diffusion"; None: diffusion with a checkpoint, else warp
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     face_index: int | None = None  # which face of the source
@@ -71,11 +75,13 @@ def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: boo
 
 def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, output: str | os.PathLike,
             options: AnimateOptions | None = None, *, checkpoint: str | os.PathLike | None = None,
-            pipeline: MIMAFacePipeline | None = None, progress: bool = True) -> AnimateResult:
+            engine: Engine | None = None, progress: bool = True) -> AnimateResult:
     """Run the whole job and write ``output`` (.mp4, or .png for a single driving image).
 
-    The inputs are read and checked before the model is loaded, so a bad input fails at once.
-    ``progress``: a status line per phase and progress bars (on stderr)."""
+    ``engine``: a loaded engine to reuse (the app's); else ``options.engine`` is loaded (with
+    ``checkpoint`` for the diffusion model). The inputs are read and checked before the model is
+    loaded, so a bad input fails at once. ``progress``: a status line per phase and progress bars
+    (on stderr)."""
     options = options or AnimateOptions()
     status: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     output = Path(output)
@@ -84,12 +90,20 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
         raise InputError(f"{output}: unsupported output format (use .mp4, or .png/.jpg for one frame)")
     if not output.parent.is_dir():
         raise InputError(f"{output}: cannot write, folder {output.parent} does not exist")
-    if options.sampling.scheduler not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {options.sampling.scheduler!r} (use one of {', '.join(SCHEDULERS)})")
-    image_size = pipeline.image_size if pipeline is not None else MIMAFacePipeline.read_settings(checkpoint)["image_size"]
+    if options.sampling.scheduler not in SCHEDULER_NAMES:
+        raise InputError(f"unknown scheduler {options.sampling.scheduler!r} (use one of {', '.join(SCHEDULER_NAMES)})")
+    name = engine.name if engine is not None else choose_engine(options.engine, checkpoint)
+    if engine is None and options.engine is None and name == "warp":
+        status("no --checkpoint: animating with the mesh-warp engine (the bundled diffusion model knows only "
+               "synthetic faces; --engine diffusion uses it)")
+    image_size = None
+    if name == "diffusion":
+        image_size = (engine.pipeline.image_size if engine is not None
+                      else MIMAFacePipeline.read_settings(checkpoint)["image_size"])
 
     status(f"finding the face in {source_path}")
-    source = prepare_source(load_image(source_path), image_size, face_index=options.face_index, name=str(source_path))
+    source = prepare_engine_source(name, load_image(source_path), image_size, face_index=options.face_index,
+                                   name=str(source_path))
     status(f"reading the driving motion from {driving_path}")
     driving = read_driving(driving_path, options, progress)
     if suffix in IMAGE_OUT and driving.num_frames != 1:
@@ -97,14 +111,15 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     motion = retarget(source.coefficients, driving, options.retarget)
     fps = options.fps or driving.fps
 
-    if pipeline is None:
-        status(f"loading the model from {checkpoint or 'the bundled tiny model'}")
-        pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
-    pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
-    pipeline.scheduler = SCHEDULERS[options.sampling.scheduler].from_config(pipeline.scheduler.config)
-    status(f"generating {motion.num_frames} frame(s) at {image_size} px")
-    clips = pipeline.generate_clips(source.crop, motion, **options.sampling.pipeline_kwargs())
-    frames = composed_frames(source, pipeline.render(source.coefficients)[0] > 0, clips, paste=options.paste)
+    if engine is None:
+        status("loading the mesh-warp engine" if name == "warp" else
+               f"loading the model from {checkpoint or 'the bundled tiny model'}")
+        engine = Engine.load(name, checkpoint)
+    if name == "diffusion":
+        engine.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+    size = source.crop.shape[0]
+    status(f"generating {motion.num_frames} frame(s) at {size} px with the {name} engine")
+    frames = composed_frames(source, engine, engine.clips(source, motion, options.sampling), paste=options.paste)
 
     num_clips = 0
     with contextlib.ExitStack() as stack:
@@ -132,14 +147,15 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     return AnimateResult(output, motion.num_frames, num_clips)
 
 
-def composed_frames(source: SourceFace, source_silhouette: np.ndarray, clips, *,
+def composed_frames(source: SourceFace, engine: Engine, clips, *,
                     paste: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """(frame to write, its I_R, clip index) for every frame the pipeline's ``generate_clips`` yields:
-    pasted into the source picture through a face-shaped mask (colour-matched once) or the crops."""
-    paste_back = PasteBack(source.image, source.box, source.crop, source_silhouette) if paste else None
+    """(frame to write, its I_R, clip index) for every frame the engine yields: pasted into the source
+    picture through the engine's mask (colour-matched once) or the crops."""
+    paste_back = (PasteBack(source.image, source.box, source.crop, engine.source_silhouette(source),
+                            match_colour=engine.name != "warp") if paste else None)
     for clip in clips:
         for crop, render in zip(to_uint8(clip.frames), clip.renders):
-            yield (paste_back(crop, render > 0) if paste_back else crop), render, clip.clip_index
+            yield (paste_back(crop, engine.frame_silhouette(render)) if paste_back else crop), render, clip.clip_index
 
 
 def _driving_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:

@@ -31,14 +31,16 @@ class PasteBack:
     """
 
     def __init__(self, image: np.ndarray, box: np.ndarray, source_crop: np.ndarray, source_silhouette: np.ndarray,
-                 *, dilate: float = 0.03, feather: float = 0.06, hair: float = 0.1, border: float = 0.02) -> None:
+                 *, dilate: float = 0.03, feather: float = 0.06, hair: float = 0.1, border: float = 0.02,
+                 match_colour: bool = True) -> None:
         self.source_silhouette = np.asarray(source_silhouette) > 0
         if not self.source_silhouette.any():
             raise ValueError("the source silhouette is empty")
         self.image, self.source_crop = image, source_crop
         self.dilate, self.feather, self.hair = dilate, feather, hair
-        self.gain: np.ndarray | None = None
-        self.offset: np.ndarray | None = None
+        # Without colour matching (crops made of the source's own pixels): the identity correction.
+        self.gain: np.ndarray | None = None if match_colour else np.ones(3)
+        self.offset: np.ndarray | None = None if match_colour else np.zeros(3)
         height, width = image.shape[:2]
         cx, cy, side = (float(v) for v in box)
         self.size = max(1, int(round(side)))

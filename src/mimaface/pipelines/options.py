@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The generation engines (:mod:`mimaface.pipelines.engines`): learning-free mesh warp, the diffusion model.
+ENGINES = ("warp", "diffusion")
 #: The samplers by name (diffusers classes in :data:`mimaface.pipelines.pipeline.SCHEDULERS`).
 SCHEDULER_NAMES = ("ddim", "euler", "dpm++")
 

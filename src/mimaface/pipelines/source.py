@@ -19,6 +19,7 @@ from mimaface.face3d.fitting import FaceFitter
 from mimaface.face3d.landmarks import detect_face
 
 MIN_FACE_PIXELS = 24
+NATIVE_MAX_SIZE = 1024  # the largest crop taken at the photo's own resolution
 
 
 @dataclass
@@ -31,9 +32,11 @@ class SourceFace:
     coefficients: MotionCoefficients  # one frame: pose, expression, gaze and identity in the crop's frame
 
 
-def prepare_source(image: np.ndarray, size: int, *, face_index: int | None = None, crop_scale: float = 1.8,
-                   crop_offset_y: float = 0.0, fitter: FaceFitter | None = None, name: str = "the source") -> SourceFace:
-    """Detect the face (the largest, or ``face_index``), crop it at ``size`` x ``size`` and fit it."""
+def prepare_source(image: np.ndarray, size: int | None, *, face_index: int | None = None, crop_scale: float = 1.8,
+                   crop_offset_y: float = 0.0, max_size: int = NATIVE_MAX_SIZE, fitter: FaceFitter | None = None,
+                   name: str = "the source") -> SourceFace:
+    """Detect the face (the largest, or ``face_index``), crop it at ``size`` x ``size`` and fit it.
+    ``size`` None: the photo's own resolution (the box side in pixels, even, at most ``max_size``)."""
     image = _rgb(image, name)
     fitter = fitter or FaceFitter()
     height, width = image.shape[:2]
@@ -45,12 +48,15 @@ def prepare_source(image: np.ndarray, size: int, *, face_index: int | None = Non
     fit = fitter.fit(landmarks, width, height, smooth=False)
     reference, extent = neutral_face_box(fitter.model, fit.identity)
     box = boxes_from_pose(fit.pose, reference, extent, width, height, crop_scale, crop_offset_y)[0]
+    if size is None:
+        size = int(min(max_size, max(MIN_FACE_PIXELS, round(box[2] / 2) * 2)))
     crop = crop_square(image, box[0] - box[2] / 2, box[1] - box[2] / 2, box[2], size)
     in_crop = landmarks_to_crop(landmarks, box[None], size)
     refit = fitter.fit(in_crop, size, size, identity=fit.identity, smooth=False)
     m = fitter.model
+    # The detected landmarks travel with the fit: the warp engine pins its mesh to them.
     coefficients = MotionCoefficients(refit.pose, refit.expression, refit.gaze, fit.identity, m.expression_names,
-                                      m.identity_names, image_size=(size, size))
+                                      m.identity_names, landmarks=in_crop.astype(np.float32), image_size=(size, size))
     return SourceFace(image, crop, box, coefficients)
 
 

@@ -1,0 +1,159 @@
+"""The mesh-warp engine on real photos: identity kept, pose and expression followed, contact sheets.
+
+For every photo that ships in an installable package (scikit-image's astronaut, matplotlib's
+Grace Hopper, the insightface wheel's images; ``bundled_photos`` of build_face_model.py), one
+face each (the largest), and a set of motions relative to the photo's own fitted coefficients
+(head turns and tilts up to 15°, an open mouth, a blink, a look aside):
+
+* CSIM: dlib's face-recognition embedding of the output against the source crop's (cosine);
+* pose error: the output re-extracted by face3d (MediaPipe + fitting, the source's identity
+  held fixed) against the pose asked for (mean of |yaw|, |pitch|, |roll| errors, degrees);
+* jawOpen error: the same re-extraction against the jawOpen asked for.
+
+Writes ``docs/warp/quality.md`` (the table the README quotes), ``docs/warp/sheet_*.png`` (contact
+sheets: a real person talking, blinking, turning, looking around) and ``docs/warp/limits.png``
+(far head turns). Run: ``python scripts/warp_quality.py [--size 512]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from build_face_model import bundled_photos
+from mimaface.demo import asset_path
+from mimaface.errors import MimafaceError
+from mimaface.evaluation.face_identity import FaceIdentityEncoder, csim
+from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
+from mimaface.face3d.fitting import FaceFitter
+from mimaface.face3d.landmarks import detect_face
+from mimaface.figures import image_grid
+from mimaface.pipelines.pipeline import to_uint8
+from mimaface.pipelines.retarget import retarget
+from mimaface.pipelines.source import SourceFace, prepare_source
+from mimaface.warp import MeshWarpPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (pose change [yaw, pitch, roll] in degrees, {blendshape: value}, gaze change)
+MOTIONS = {
+    "yaw +15": ((15, 0, 0), {}, 0.0),
+    "yaw -15": ((-15, 0, 0), {}, 0.0),
+    "pitch +10": ((0, 10, 0), {}, 0.0),
+    "pitch -10": ((0, -10, 0), {}, 0.0),
+    "roll +10": ((0, 0, 10), {}, 0.0),
+    "jawOpen 0.6": ((0, 0, 0), {"jawOpen": 0.6}, 0.0),
+    "blink": ((0, 0, 0), {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, 0.0),
+    "look left": ((0, 0, 0), {}, 0.15),
+    "yaw +10, jawOpen 0.4": ((10, 0, 0), {"jawOpen": 0.4}, 0.0),
+}
+FAR_TURNS = (-45, -30, -20, 20, 30, 45)
+SHEET_TILE = 200  # contact-sheet tiles (pixels)
+
+
+def moved(source: MotionCoefficients, rotation, blendshapes: dict[str, float], gaze: float) -> MotionCoefficients:
+    """The source's one frame with its head turned by ``rotation``, those blendshapes set, the irises moved."""
+    pose, expression, gazes = source.pose.copy(), source.expression.copy(), source.gaze.copy()
+    pose[0, :3] += rotation
+    for name, value in blendshapes.items():
+        expression[0, list(source.expression_names).index(name)] = value
+    gazes[0, [0, 2]] += gaze
+    return dataclasses.replace(source, pose=pose, expression=expression, gaze=gazes)
+
+
+def read(fitter: FaceFitter, image: np.ndarray, identity: np.ndarray):
+    """face3d's reading of one image with a known identity (None when no face is found)."""
+    try:
+        face = detect_face(image)
+    except MimafaceError:
+        return None
+    h, w = image.shape[:2]
+    return fitter.fit(face.landmarks[None].astype(np.float64), w, h, identity=identity, smooth=False)
+
+
+def measure(engine: MeshWarpPipeline, source: SourceFace, encoder: FaceIdentityEncoder, fitter: FaceFitter):
+    """Per motion: (output crop, CSIM, pose error, jawOpen error)."""
+    names = list(source.coefficients.expression_names)
+    jaw = names.index("jawOpen")
+    reference = encoder.embed(source.crop)[None]
+    rows = {}
+    for name, (rotation, blendshapes, gaze) in MOTIONS.items():
+        motion = moved(source.coefficients, rotation, blendshapes, gaze)
+        frame = to_uint8(engine(source.crop, motion, source_coefficients=source.coefficients).frames)[0]
+        fit = read(fitter, frame, source.coefficients.identity)
+        similarity = float(csim(encoder.embed(frame)[None], reference)[0])
+        if fit is None:
+            rows[name] = (frame, similarity, float("nan"), float("nan"))
+            continue
+        pose_error = float(np.abs(fit.pose[0, :3] - motion.pose[0, :3]).mean())
+        rows[name] = (frame, similarity, pose_error, float(abs(fit.expression[0, jaw] - motion.expression[0, jaw])))
+    return rows
+
+
+def contact_sheet(engine: MeshWarpPipeline, source: SourceFace, path: Path, title: str) -> None:
+    """talk.json (relative to the source) every few frames, then a blink, a turn and a look around."""
+    talk = retarget(source.coefficients, motion_from_json(asset_path("talk.json")))
+    frames = to_uint8(engine(source.crop, talk, source_coefficients=source.coefficients).frames)
+    picks = np.linspace(0, len(frames) - 1, 8).round().astype(int)
+    extra = [to_uint8(engine(source.crop, moved(source.coefficients, *MOTIONS[m]),
+                             source_coefficients=source.coefficients).frames)[0]
+             for m in ("blink", "yaw +15", "yaw -15", "pitch +10", "look left", "jawOpen 0.6")]
+    small = lambda image: np.asarray(Image.fromarray(image).resize((SHEET_TILE, SHEET_TILE), Image.BICUBIC))  # noqa: E731
+    image_grid([[small(f) for f in [source.crop] + [frames[i] for i in picks]],
+                [small(f) for f in [source.crop] + extra]], path, row_labels=["talk.json", "blink, turns, gaze, jaw"],
+               column_labels=["source"] + [f"frame {i}" for i in picks], title=title)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="crop size (default 512)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "warp")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine = MeshWarpPipeline()
+    encoder, fitter = FaceIdentityEncoder.load(), FaceFitter()
+    table, sheets, skipped = [], 0, []
+    limits_rows = []
+    for name, photo in bundled_photos([]).items():
+        try:
+            source = prepare_source(photo, args.size, name=name)
+            rows = measure(engine, source, encoder, fitter)
+        except MimafaceError as error:  # no face, or one the warp refuses (turned too far)
+            print(f"{name}: skipped ({error})")
+            skipped.append(f"{name}: {error}")
+            continue
+        table.append((name, rows))
+        print(name, {m: (round(r[1], 3), round(r[2], 2), round(r[3], 3)) for m, r in rows.items()}, flush=True)
+        if sheets < 3:
+            contact_sheet(engine, source, args.out / f"sheet_{sheets}.png", f"{name}: the mesh-warp engine")
+            sheets += 1
+        if len(limits_rows) < 2:
+            limits_rows.append([source.crop] + [
+                to_uint8(engine(source.crop, moved(source.coefficients, (yaw, 0, 0), {}, 0.0),
+                                source_coefficients=source.coefficients).frames)[0] for yaw in FAR_TURNS])
+    image_grid([[np.asarray(Image.fromarray(f).resize((SHEET_TILE, SHEET_TILE), Image.BICUBIC)) for f in row]
+                for row in limits_rows], args.out / "limits.png",
+               column_labels=["source"] + [f"yaw {y:+d}" for y in FAR_TURNS], title="far head turns (yaw added to the source's)")
+    lines = ["| photo | " + " | ".join(MOTIONS) + " |", "| --- |" + " ---: |" * len(MOTIONS)]
+    for name, rows in table:
+        lines.append(f"| {name} | " + " | ".join(f"{r[1]:.3f} / {r[2]:.1f}° / {r[3]:.2f}" for r in rows.values()) + " |")
+    every = np.array([[r[1:] for r in rows.values()] for _, rows in table])  # (photos, motions, 3)
+    small = [i for i, m in enumerate(MOTIONS) if m != "look left"]
+    summary = (f"{len(table)} faces x {len(MOTIONS)} motions. CSIM: mean {np.nanmean(every[..., 0]):.3f}, min "
+               f"{np.nanmin(every[..., 0]):.3f}; pose error: mean {np.nanmean(every[:, small, 1]):.2f}°, max "
+               f"{np.nanmax(every[:, small, 1]):.2f}°; jawOpen error: mean {np.nanmean(every[..., 2]):.3f}, max "
+               f"{np.nanmax(every[..., 2]):.3f}; faces not found again: {int(np.isnan(every[..., 1]).sum())}")
+    notes = "".join(f"\n- skipped {line}" for line in skipped)
+    (args.out / "quality.md").write_text("Cells: CSIM (dlib) / pose error / jawOpen error\n\n" + "\n".join(lines)
+                                         + f"\n\n{summary}\n{notes}\n")
+    print(summary)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    main()
