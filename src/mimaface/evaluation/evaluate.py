@@ -44,7 +44,7 @@ from mimaface.evaluation.perceptual import (
 from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.engines import Engine, choose_engine
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, to_uint8
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, join_clips, to_uint8
 from mimaface.pipelines.source import aligned_source
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.synthtalk import SynthConfig, render_identity
@@ -307,8 +307,8 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
             generated = videos.load(pair)
         else:
             clips = list(engine.clips(aligned_source(pair.source_frame, pair.source_motion), pair.motion, sampling))
-            generated = GeneratedVideo(to_uint8(np.concatenate([c.frames for c in clips])),
-                                       np.concatenate([c.renders for c in clips]), [c.start for c in clips])
+            frames, renders = join_clips(clips, "np")
+            generated = GeneratedVideo(to_uint8(frames), renders, [c.start for c in clips])
             videos.save(pair, generated)
         clip_starts = generated.clip_starts
         if evaluator.inception is not None:

@@ -119,6 +119,16 @@ def _pipeline_folder(path: str | os.PathLike | None) -> Path:
     return folder
 
 
+def join_clips(clips: list[GeneratedClip], output_type: str) -> tuple:
+    """The frames (as ``output_type`` gives them) and I_R of streamed clips, joined in order."""
+    renders = np.concatenate([clip.renders for clip in clips])
+    if output_type == "pil":
+        return [image for clip in clips for image in clip.frames], renders
+    if output_type == "np":
+        return np.concatenate([clip.frames for clip in clips]), renders
+    return torch.cat([clip.frames for clip in clips]), renders
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """Frames in [0, 1] (the "np" output) -> uint8."""
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
@@ -252,13 +262,7 @@ class MIMAFacePipeline(DiffusionPipeline):
             batch_size=batch_size, decode_chunk_size=decode_chunk_size, output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs))
-        renders = np.concatenate([clip.renders for clip in clips])
-        if output_type == "pil":
-            frames = [image for clip in clips for image in clip.frames]
-        elif output_type == "np":
-            frames = np.concatenate([clip.frames for clip in clips])
-        else:
-            frames = torch.cat([clip.frames for clip in clips])
+        frames, renders = join_clips(clips, output_type)
         starts = list(range(len(renders))) if self._image_mode(motion) else [clip.start for clip in clips]
         if not return_dict:
             return frames, renders, starts

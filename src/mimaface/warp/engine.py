@@ -46,6 +46,7 @@ from mimaface.pipelines.pipeline import (
     GeneratedClip,
     MIMAFacePipeline,
     MIMAFacePipelineOutput,
+    join_clips,
     to_uint8,
 )
 from mimaface.warp.eyes import EyePainter
@@ -143,13 +144,7 @@ class MeshWarpPipeline:
         """All frames at once (see :meth:`generate_clips`); ``MIMAFacePipelineOutput`` or a tuple."""
         clips = list(self.generate_clips(source_image, motion, source_coefficients=source_coefficients,
                                          clip_length=clip_length, output_type=output_type, **unused_sampling_kwargs))
-        renders = np.concatenate([clip.renders for clip in clips])
-        if output_type == "pil":
-            frames = [image for clip in clips for image in clip.frames]
-        elif output_type == "np":
-            frames = np.concatenate([clip.frames for clip in clips])
-        else:
-            frames = torch.cat([clip.frames for clip in clips])
+        frames, renders = join_clips(clips, output_type)
         starts = [clip.start for clip in clips]
         if not return_dict:
             return frames, renders, starts
