@@ -8,7 +8,12 @@ face each (the largest), and a set of motions relative to the photo's own fitted
 * CSIM: dlib's face-recognition embedding of the output against the source crop's (cosine);
 * pose error: the output re-extracted by face3d (MediaPipe + fitting, the source's identity
   held fixed) against the pose asked for (mean of |yaw|, |pitch|, |roll| errors, degrees);
-* jawOpen error: the same re-extraction against the jawOpen asked for.
+* jawOpen error: the same re-extraction against the jawOpen asked for;
+* lip-gap error: how much the detected inner-lip opening (landmarks 13-14) changed from the
+  source's, against how much the mesh's changed, in pixels of the crop (the change, so that the
+  fitted mesh's own few-pixel offset from the detection cancels). It separates the warp from the
+  reading: the fit can explain an open mouth by mouthLowerDown and jawForward instead of jawOpen
+  while the lips are where they were asked to be.
 
 Writes ``docs/warp/quality.md`` (the table the README quotes), ``docs/warp/sheet_*.png`` (contact
 sheets: a real person talking, blinking, turning, looking around) and ``docs/warp/limits.png``
@@ -29,6 +34,7 @@ from build_face_model import bundled_photos
 from mimaface.demo import asset_path
 from mimaface.errors import MimafaceError
 from mimaface.evaluation.face_identity import FaceIdentityEncoder, csim
+from mimaface.face3d.camera import normalized_to_pixels
 from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
 from mimaface.face3d.fitting import FaceFitter
 from mimaface.face3d.landmarks import detect_face
@@ -66,32 +72,48 @@ def moved(source: MotionCoefficients, rotation, blendshapes: dict[str, float], g
     return dataclasses.replace(source, pose=pose, expression=expression, gaze=gazes)
 
 
+UPPER_LIP, LOWER_LIP = 13, 14  # inner-lip midpoints of the face mesh
+
+
 def read(fitter: FaceFitter, image: np.ndarray, identity: np.ndarray):
-    """face3d's reading of one image with a known identity (None when no face is found)."""
+    """face3d's reading of one image with a known identity, and its detected inner-lip gap in pixels
+    (None when no face is found)."""
     try:
         face = detect_face(image)
     except MimafaceError:
         return None
     h, w = image.shape[:2]
-    return fitter.fit(face.landmarks[None].astype(np.float64), w, h, identity=identity, smooth=False)
+    fit = fitter.fit(face.landmarks[None].astype(np.float64), w, h, identity=identity, smooth=False)
+    return fit, float(face.landmarks[LOWER_LIP, 1] - face.landmarks[UPPER_LIP, 1])
+
+
+def target_lip_gap(fitter: FaceFitter, motion: MotionCoefficients) -> float:
+    """The inner-lip gap of the motion's own mesh (pixels of its crop)."""
+    width, height = motion.image_size
+    points = normalized_to_pixels(fitter.model.landmarks(motion.pose[0], motion.identity, motion.expression[0],
+                                                         motion.gaze[0]), width, height)
+    return float(points[LOWER_LIP, 1] - points[UPPER_LIP, 1])
 
 
 def measure(engine: MeshWarpPipeline, source: SourceFace, encoder: FaceIdentityEncoder, fitter: FaceFitter):
-    """Per motion: (output crop, CSIM, pose error, jawOpen error)."""
+    """Per motion: (output crop, CSIM, pose error, jawOpen error, lip-gap error in pixels)."""
     names = list(source.coefficients.expression_names)
     jaw = names.index("jawOpen")
     reference = encoder.embed(source.crop)[None]
+    source_gap = read(fitter, source.crop, source.coefficients.identity)[1] - target_lip_gap(fitter, source.coefficients)
     rows = {}
     for name, (rotation, blendshapes, gaze) in MOTIONS.items():
         motion = moved(source.coefficients, rotation, blendshapes, gaze)
         frame = to_uint8(engine(source.crop, motion, source_coefficients=source.coefficients).frames)[0]
-        fit = read(fitter, frame, source.coefficients.identity)
+        reading = read(fitter, frame, source.coefficients.identity)
         similarity = float(csim(encoder.embed(frame)[None], reference)[0])
-        if fit is None:
-            rows[name] = (frame, similarity, float("nan"), float("nan"))
+        if reading is None:
+            rows[name] = (frame, similarity, float("nan"), float("nan"), float("nan"))
             continue
+        fit, gap = reading
         pose_error = float(np.abs(fit.pose[0, :3] - motion.pose[0, :3]).mean())
-        rows[name] = (frame, similarity, pose_error, float(abs(fit.expression[0, jaw] - motion.expression[0, jaw])))
+        rows[name] = (frame, similarity, pose_error, float(abs(fit.expression[0, jaw] - motion.expression[0, jaw])),
+                      abs(gap - target_lip_gap(fitter, motion) - source_gap))
     return rows
 
 
@@ -141,15 +163,17 @@ def main() -> None:
                column_labels=["source"] + [f"yaw {y:+d}" for y in FAR_TURNS], title="far head turns (yaw added to the source's)")
     lines = ["| photo | " + " | ".join(MOTIONS) + " |", "| --- |" + " ---: |" * len(MOTIONS)]
     for name, rows in table:
-        lines.append(f"| {name} | " + " | ".join(f"{r[1]:.3f} / {r[2]:.1f}° / {r[3]:.2f}" for r in rows.values()) + " |")
-    every = np.array([[r[1:] for r in rows.values()] for _, rows in table])  # (photos, motions, 3)
+        lines.append(f"| {name} | " + " | ".join(f"{r[1]:.3f} / {r[2]:.1f}° / {r[3]:.2f} / {r[4]:.1f}"
+                                                  for r in rows.values()) + " |")
+    every = np.array([[r[1:] for r in rows.values()] for _, rows in table])  # (photos, motions, 4)
     small = [i for i, m in enumerate(MOTIONS) if m != "look left"]
     summary = (f"{len(table)} faces x {len(MOTIONS)} motions. CSIM: mean {np.nanmean(every[..., 0]):.3f}, min "
                f"{np.nanmin(every[..., 0]):.3f}; pose error: mean {np.nanmean(every[:, small, 1]):.2f}°, max "
                f"{np.nanmax(every[:, small, 1]):.2f}°; jawOpen error: mean {np.nanmean(every[..., 2]):.3f}, max "
-               f"{np.nanmax(every[..., 2]):.3f}; faces not found again: {int(np.isnan(every[..., 1]).sum())}")
+               f"{np.nanmax(every[..., 2]):.3f}; lip-gap error: mean {np.nanmean(every[..., 3]):.1f} px, max "
+               f"{np.nanmax(every[..., 3]):.1f} px; faces not found again: {int(np.isnan(every[..., 1]).sum())}")
     notes = "".join(f"\n- skipped {line}" for line in skipped)
-    (args.out / "quality.md").write_text("Cells: CSIM (dlib) / pose error / jawOpen error\n\n" + "\n".join(lines)
+    (args.out / "quality.md").write_text("Cells: CSIM (dlib) / pose error / jawOpen error / lip-gap error (px)\n\n" + "\n".join(lines)
                                          + f"\n\n{summary}\n{notes}\n")
     print(summary)
 
