@@ -32,7 +32,9 @@ def reenactment_matrix(runs: Path, data: Path, path: Path) -> None:
     config = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"model.vae={runs / 'tiny-vae' / 'final'}",
                                                           "data.cache_latents=false"])
     task = ImageTask(config, config.stage1, runs / "tiny-1", torch.device("cpu"), False)
-    task.reenactment_matrix(MIMAFacePipeline.from_pretrained(runs / "tiny-1" / "final").model, path)
+    pipeline = MIMAFacePipeline.from_pretrained(runs / "tiny-1" / "final")
+    pipeline.set_progress_bar_config(disable=True)
+    task.reenactment_matrix(pipeline, path)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
 from mimaface.media import write_video
 from mimaface.pipelines.compositing import side_by_side
 from mimaface.pipelines.options import SamplingOptions
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline, MIMAFacePipelineOutput, to_uint8
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, GeneratedVideo, MIMAFacePipeline
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import aligned_source
 from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip, render_identity
@@ -64,9 +64,9 @@ def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int =
     pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
     pipeline.set_progress_bar_config(disable=not progress, leave=False)
 
-    def generate(motion: MotionCoefficients, **options) -> MIMAFacePipelineOutput:
-        out = pipeline(source.crop, motion, **SamplingOptions(num_inference_steps=steps, **options).pipeline_kwargs())
-        return MIMAFacePipelineOutput(frames=to_uint8(out.frames), renders=out.renders, clip_starts=out.clip_starts)
+    def generate(motion: MotionCoefficients, **options) -> GeneratedVideo:
+        sampling = SamplingOptions(num_inference_steps=steps, **options)
+        return GeneratedVideo.from_clips(pipeline.generate_clips(source.crop, motion, **sampling.pipeline_kwargs()))
 
     recipe = training_recipe(checkpoint)
     held = sorted(held_out_identities(recipe))

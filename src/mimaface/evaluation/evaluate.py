@@ -44,7 +44,7 @@ from mimaface.evaluation.perceptual import (
 from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.engines import Engine, choose_engine
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, join_clips, to_uint8
+from mimaface.pipelines.pipeline import BUNDLED_MODEL, GeneratedVideo
 from mimaface.pipelines.source import aligned_source
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.synthtalk import SynthConfig, render_identity
@@ -167,13 +167,6 @@ class RealFaceReader:
         descriptors = self.encoder.embed_many(frames)
         unit = descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
         return FaceReading(pose, expression, gaze, unit, descriptors)
-
-
-@dataclass
-class GeneratedVideo:
-    frames: np.ndarray  # (N, S, S, 3) uint8
-    renders: np.ndarray  # (N, S, S) uint8 I_R
-    clip_starts: list[int]
 
 
 class GeneratedVideos:
@@ -306,9 +299,8 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
         if pair in videos:
             generated = videos.load(pair)
         else:
-            clips = list(engine.clips(aligned_source(pair.source_frame, pair.source_motion), pair.motion, sampling))
-            frames, renders = join_clips(clips, "np")
-            generated = GeneratedVideo(to_uint8(frames), renders, [c.start for c in clips])
+            generated = GeneratedVideo.from_clips(engine.clips(aligned_source(pair.source_frame, pair.source_motion),
+                                                               pair.motion, sampling))
             videos.save(pair, generated)
         clip_starts = generated.clip_starts
         if evaluator.inception is not None:

@@ -27,7 +27,6 @@ from mimaface.face3d.coefficients import MotionCoefficients, load_motion
 from mimaface.face3d.pipeline import ExtractConfig, extract_motion
 from mimaface.media import (
     VideoWriter,
-    has_audio,
     is_video_path,
     iter_video_frames,
     load_image,
@@ -125,7 +124,7 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     with contextlib.ExitStack() as stack:
         writer = None
         if suffix not in IMAGE_OUT:
-            audio = driving_path if is_video_path(driving_path) and has_audio(driving_path) else None
+            audio = driving_path if is_video_path(driving_path) else None  # the writer skips a silent one
             writer = stack.enter_context(VideoWriter(output, fps, audio_from=audio))
         panels = None
         if options.side_by_side:

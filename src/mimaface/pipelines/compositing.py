@@ -52,10 +52,14 @@ class PasteBack:
         edge = np.minimum(np.arange(self.size) + 0.5, self.size - np.arange(self.size) - 0.5) / self.size
         edge = _smoothstep((edge - border) / feather)
         self._edge = np.minimum(edge[:, None], edge[None, :])
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (silhouette, its mask): a still face reuses it
 
     def mask(self, silhouette: np.ndarray) -> np.ndarray:
         """The blending weight (side, side) in [0, 1] over the box for a frame's silhouette (S, S)."""
-        union = self.source_silhouette | (np.asarray(silhouette) > 0)
+        silhouette = np.asarray(silhouette) > 0
+        if self._last is not None and np.array_equal(self._last[0], silhouette):
+            return self._last[1]
+        union = self.source_silhouette | silhouette
         res = union.shape[0]
         face = union.copy()
         for shift in range(1, int(round(self.hair * res)) + 1):  # each face pixel also covers the rows above it
@@ -64,7 +68,9 @@ class PasteBack:
         # signed distance to the silhouette's edge (pixel edges, not centres), in fractions of the side
         sdf = np.where(face, 0.5 - ndimage.distance_transform_edt(face), ndimage.distance_transform_edt(~face) - 0.5)
         sdf = Image.fromarray((sdf / res).astype(np.float32)).resize((self.size, self.size), Image.BILINEAR)
-        return _smoothstep((self.dilate + self.feather - np.asarray(sdf, np.float64)) / self.feather) * self._edge
+        mask = _smoothstep((self.dilate + self.feather - np.asarray(sdf, np.float64)) / self.feather) * self._edge
+        self._last = (silhouette, mask)
+        return mask
 
     def __call__(self, crop: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
         """The whole picture (H, W, 3) uint8 with ``crop`` (S, S, 3) uint8 pasted through ``silhouette``'s mask."""

@@ -29,7 +29,7 @@ retargeting a driving video's motion and pasting the result back are built on to
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +127,22 @@ def join_clips(clips: list[GeneratedClip], output_type: str) -> tuple:
     if output_type == "np":
         return np.concatenate([clip.frames for clip in clips]), renders
     return torch.cat([clip.frames for clip in clips]), renders
+
+
+@dataclass
+class GeneratedVideo:
+    """A whole generated video in uint8, collected from a clip stream (what evaluation keeps and the demo measures)."""
+
+    frames: np.ndarray  # (N, S, S, 3) uint8
+    renders: np.ndarray  # (N, S, S) uint8 I_R
+    clip_starts: list[int]
+
+    @classmethod
+    def from_clips(cls, clips: Iterable[GeneratedClip]) -> GeneratedVideo:
+        """From ``generate_clips(..., output_type="np")`` of either engine."""
+        clips = list(clips)
+        frames, renders = join_clips(clips, "np")
+        return cls(to_uint8(frames), renders, [clip.start for clip in clips])
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

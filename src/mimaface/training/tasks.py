@@ -167,18 +167,19 @@ class _DenoisingTask(Task):
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
-    def _sample(self, model: MIMAFaceModel, source: np.ndarray, motion: MotionCoefficients, **kwargs: Any) -> np.ndarray:
-        """Generated uint8 frames of ``source`` performing ``motion``, through the pipeline, in eval mode."""
+    def _sample(self, pipeline: MIMAFacePipeline, source: np.ndarray,
+                motion: MotionCoefficients) -> tuple[np.ndarray, np.ndarray]:
+        """(generated frames uint8, their I_R) of ``source`` performing ``motion``, in eval mode."""
+        model = pipeline.model
         was_training = model.training
         model.eval()
         try:
-            frames = self.pipeline(model)(np.ascontiguousarray(source), motion,
-                                          num_inference_steps=self.config.validation_inference_steps,
-                                          guidance_scale=self.config.validation_guidance_scale,
-                                          generator=torch.Generator().manual_seed(self.config.seed), **kwargs).frames
+            out = pipeline(np.ascontiguousarray(source), motion, num_inference_steps=self.config.validation_inference_steps,
+                           guidance_scale=self.config.validation_guidance_scale,
+                           generator=torch.Generator().manual_seed(self.config.seed))
         finally:
             model.train(was_training)
-        return to_uint8(frames)
+        return to_uint8(out.frames), out.renders
 
     def export(self, module: nn.Module, directory: Path) -> None:
         self.pipeline(module.model).save_pretrained(directory)
@@ -254,9 +255,9 @@ class ImageTask(_DenoisingTask):
         the ground truth) and cross-identity reenactment, columns source | driving | I_R | generated.
         ``path``-matrix.png: every source (rows) driven by every driving frame (columns); the diagonal
         is same-identity, and appearance should follow the row while pose and expression follow the column."""
-        model: MIMAFaceModel = module.model
-        self._validation_rows(model, path)
-        self.reenactment_matrix(model, path.with_name(f"{path.stem}-matrix.png"))
+        pipeline = self.pipeline(module.model)
+        self._validation_rows(pipeline, path)
+        self.reenactment_matrix(pipeline, path.with_name(f"{path.stem}-matrix.png"))
 
     def _held_out_clips(self) -> list[int]:
         """One clip (the first) of each held-out identity."""
@@ -265,23 +266,24 @@ class ImageTask(_DenoisingTask):
             by_identity.setdefault(int(self.test.clip_identity[c]), c)
         return list(by_identity.values())
 
-    def _generate(self, model: MIMAFaceModel, source_clip: int, driving_clip: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    def _generate(self, pipeline: MIMAFacePipeline, source_clip: int, driving_clip: int,
+                  frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(I_R with the source's face shape, generated image) for one driving frame; uint8 (S, S) and (S, S, 3)."""
         test = self.test
         source = np.array(test._clip_arrays(source_clip)[0][0])
         motion = dataclasses.replace(test.clips[driving_clip].motion().select([frame]),
                                      identity=test.clips[source_clip].motion().identity)
-        pipeline = self.pipeline(model)
-        return pipeline.render(motion)[0], self._sample(model, source, motion)[0]
+        frames, renders = self._sample(pipeline, source, motion)
+        return renders[0], frames[0]
 
-    def _validation_rows(self, model: MIMAFaceModel, path: Path) -> None:
+    def _validation_rows(self, pipeline: MIMAFacePipeline, path: Path) -> None:
         clips = self._held_out_clips()
         rows, labels = [], []
         for i in range(min(self.config.data.validation_samples, len(clips))):
             cross = i % 2 == 1 and len(clips) > 1
             source_clip, driving_clip = clips[i], clips[(i + 1) % len(clips)] if cross else clips[i]
             t = int(self.test.lengths[driving_clip]) // 2
-            render, generated = self._generate(model, source_clip, driving_clip, t)
+            render, generated = self._generate(pipeline, source_clip, driving_clip, t)
             rows.append([np.array(self.test._clip_arrays(source_clip)[0][0]),
                          np.array(self.test._clip_arrays(driving_clip)[0][t]), np.repeat(render[..., None], 3, -1),
                          generated])
@@ -289,7 +291,7 @@ class ImageTask(_DenoisingTask):
         image_grid(rows, path, column_labels=["source", "driving", "I_R", "generated"], row_labels=labels,
                    title="held-out identities")
 
-    def reenactment_matrix(self, model: MIMAFaceModel, path: Path) -> None:
+    def reenactment_matrix(self, pipeline: MIMAFacePipeline, path: Path) -> None:
         clips = self._held_out_clips()[: self.config.data.validation_samples]
         t = {c: int(self.test.lengths[c]) // 2 for c in clips}
         header = [np.full((self.test.size, self.test.size, 3), 255, np.uint8)]
@@ -297,7 +299,7 @@ class ImageTask(_DenoisingTask):
         rows = [header]
         for source_clip in clips:
             rows.append([np.array(self.test._clip_arrays(source_clip)[0][0])]
-                        + [self._generate(model, source_clip, d, t[d])[1] for d in clips])
+                        + [self._generate(pipeline, source_clip, d, t[d])[1] for d in clips])
         image_grid(rows, path, row_labels=["driving"] + [f"source {i + 1}" for i in range(len(clips))],
                    column_labels=["source"] + [f"driving {i + 1}" for i in range(len(clips))],
                    title="held-out identities: row = source, column = driving (diagonal: same identity)")
@@ -340,15 +342,15 @@ class VideoTask(_DenoisingTask):
 
     def validate(self, module: nn.Module, path: Path) -> None:
         """Two consecutive clips of a held-out identity, the second continued from the first through ICA."""
-        model: MIMAFaceModel = module.model
+        pipeline = self.pipeline(module.model)
         test = self.test
         f = self.config.data.num_frames
-        k = self.pipeline(model).config.overlap
+        k = pipeline.config.overlap
         clip = int(np.argmax(test.lengths))
         total = min(int(test.lengths[clip]), 2 * f - k)
         frames, renders = test._clip_arrays(clip)
         motion = test.clips[clip].motion().select(np.arange(total))
-        generated = self._sample(model, np.array(frames[-1]), motion)
+        generated, _ = self._sample(pipeline, np.array(frames[-1]), motion)
         image_grid([[np.array(frames[i]) for i in range(total)],
                     [np.repeat(np.array(renders[i])[..., None], 3, -1) for i in range(total)],
                     list(generated)], path, row_labels=["driving", "I_R", "generated"],
