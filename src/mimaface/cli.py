@@ -396,8 +396,9 @@ def _native_logs_silenced():
 
 #: libgomp (torch's OpenMP) spins this many times before a waiting thread sleeps. Its default
 #: (300000) made `mimaface demo` 4.4x slower beside one other CPU-bound job on 2 cores, because the
-#: spinning threads of both jobs take the cores from each other; 1000 gave 1.7x at the same speed
-#: alone (benchmarks/bench_threads.py, README "Threads"). It must be set before torch loads.
+#: spinning threads of both jobs take the cores from each other; 1000 gave 1.7x, at the price of
+#: about 30 % on the full demo alone (benchmarks/bench_threads.py, README "Threads"). It must be
+#: set before torch loads; a user's own GOMP_SPINCOUNT wins.
 GOMP_SPINCOUNT = "1000"
 
 
