@@ -15,9 +15,15 @@ face each (the largest), and a set of motions relative to the photo's own fitted
   reading: the fit can explain an open mouth by mouthLowerDown and jawForward instead of jawOpen
   while the lips are where they were asked to be.
 
+The reader itself has a floor: a control on SynthTalk (``--control`` identities, default 4), where
+the same motions are rendered exactly (the ground truth) and also warped from the identity's
+frontal render with its exact coefficients, both read by the same face3d, separates what the warp
+gets wrong from what the reader misreads (e.g. it reads a true jawOpen 0.6 as about 0.4).
+
 Writes ``docs/warp/quality.md`` (the table the README quotes), ``docs/warp/sheet_*.png`` (contact
-sheets: a real person talking, blinking, turning, looking around) and ``docs/warp/limits.png``
-(far head turns). Run: ``python scripts/warp_quality.py [--size 512]``.
+sheets: a real person talking, blinking, turning, looking around), ``docs/warp/limits.png``
+(far head turns) and ``docs/warp/limits_near_face.png`` (hands near the face, an open-mouth
+source). Run: ``python scripts/warp_quality.py [--size 512]``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from mimaface.figures import image_grid
 from mimaface.pipelines.pipeline import to_uint8
 from mimaface.pipelines.retarget import retarget
 from mimaface.pipelines.source import SourceFace, prepare_source
+from mimaface.synthtalk.generator import SynthConfig, clip_motion, make_identity
+from mimaface.synthtalk.scene import SceneRenderer
 from mimaface.warp import MeshWarpPipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +67,12 @@ MOTIONS = {
     "yaw +10, jawOpen 0.4": ((10, 0, 0), {"jawOpen": 0.4}, 0.0),
 }
 FAR_TURNS = (-45, -30, -20, 20, 30, 45)
+# Sources that show a limit: (photo, face index, crop scale (animate's), label); columns: motions.
+NEAR_FACE = (("insightface/t1.jpg", 1, "cards held beside the chin"),
+             ("insightface/t1.jpg", 3, "a hand with a chip below the chin"),
+             ("skimage/astronaut", None, "a source with parted lips"))
+NEAR_FACE_MOTIONS = {**{m: MOTIONS[m] for m in ("yaw +15", "yaw -15", "pitch +10", "jawOpen 0.6")},
+                     "mouth closed": ((0, 0, 0), {"jawOpen": 0.0}, 0.0)}
 SHEET_TILE = 200  # contact-sheet tiles (pixels)
 
 
@@ -117,6 +131,36 @@ def measure(engine: MeshWarpPipeline, source: SourceFace, encoder: FaceIdentityE
     return rows
 
 
+def synthtalk_control(engine: MeshWarpPipeline, fitter: FaceFitter, identities: int, size: int) -> dict:
+    """Per motion: (pose error, jawOpen error) of the exact render and of the warp, averaged over
+    SynthTalk identities (frontal, neutral sources of the seed-7 set, which no model was trained on)."""
+    config = SynthConfig(size=size, seed=7)
+    jaw = list(fitter.model.expression_names).index("jawOpen")
+    errors = {name: {"truth": [], "warp": []} for name in MOTIONS}
+    for index in range(identities):
+        identity = make_identity(config, index, fitter.model)
+        first = clip_motion(config, identity, 0, fitter.model).select([0])
+        pose = first.pose.copy()
+        pose[0, :3] = 0.0
+        source = dataclasses.replace(first, pose=pose, expression=np.zeros_like(first.expression),
+                                     gaze=np.zeros_like(first.gaze), image_size=(size, size), landmarks=None)
+        renderer = SceneRenderer(identity, size, fitter.model)
+        source_image = renderer.render(source.pose, source.expression, source.gaze)[0]
+        for name, motion_change in MOTIONS.items():
+            motion = moved(source, *motion_change)
+            truth = renderer.render(motion.pose, motion.expression, motion.gaze)[0]
+            warped = to_uint8(engine(source_image, motion, source_coefficients=source).frames)[0]
+            for kind, image in (("truth", truth), ("warp", warped)):
+                reading = read(fitter, image, identity.shape)
+                if reading is not None:
+                    fit = reading[0]
+                    errors[name][kind].append((np.abs(fit.pose[0, :3] - motion.pose[0, :3]).mean(),
+                                               abs(fit.expression[0, jaw] - motion.expression[0, jaw])))
+        print(f"SynthTalk control: identity {index + 1}/{identities}", flush=True)
+    return {name: {kind: np.mean(values, 0) if values else np.full(2, np.nan) for kind, values in row.items()}
+            for name, row in errors.items()}
+
+
 def contact_sheet(engine: MeshWarpPipeline, source: SourceFace, path: Path, title: str) -> None:
     """talk.json (relative to the source) every few frames, then a blink, a turn and a look around."""
     talk = retarget(source.coefficients, motion_from_json(asset_path("talk.json")))
@@ -131,17 +175,35 @@ def contact_sheet(engine: MeshWarpPipeline, source: SourceFace, path: Path, titl
                column_labels=["source"] + [f"frame {i}" for i in picks], title=title)
 
 
+def near_face_sheet(engine: MeshWarpPipeline, photos: dict[str, np.ndarray], size: int, path: Path) -> None:
+    """Hands and objects near the face, and a source with an open mouth, under the motions that show them."""
+    rows, labels = [], []
+    for name, index, label in NEAR_FACE:
+        source = prepare_source(photos[name], size, face_index=index, crop_scale=3.0, name=name)
+        frames = [to_uint8(engine(source.crop, moved(source.coefficients, *motion),
+                                  source_coefficients=source.coefficients).frames)[0]
+                  for motion in NEAR_FACE_MOTIONS.values()]
+        rows.append([np.asarray(Image.fromarray(f).resize((SHEET_TILE, SHEET_TILE), Image.BICUBIC))
+                     for f in [source.crop, *frames]])
+        labels.append(label)
+    image_grid(rows, path, row_labels=labels, column_labels=["source", *NEAR_FACE_MOTIONS],
+               title="limits: hands and objects near the face are warped with it; an open-mouth source")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="crop size (default 512)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "warp")
+    parser.add_argument("--control", type=int, default=4, help="SynthTalk identities of the reader control (default 4)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     engine = MeshWarpPipeline()
     encoder, fitter = FaceIdentityEncoder.load(), FaceFitter()
     table, sheets, skipped = [], 0, []
     limits_rows = []
-    for name, photo in bundled_photos([]).items():
+    photos = bundled_photos([])
+    near_face_sheet(engine, photos, args.size, args.out / "limits_near_face.png")
+    for name, photo in photos.items():
         try:
             source = prepare_source(photo, args.size, name=name)
             rows = measure(engine, source, encoder, fitter)
@@ -173,9 +235,17 @@ def main() -> None:
                f"{np.nanmax(every[..., 2]):.3f}; lip-gap error: mean {np.nanmean(every[..., 3]):.1f} px, max "
                f"{np.nanmax(every[..., 3]):.1f} px; faces not found again: {int(np.isnan(every[..., 1]).sum())}")
     notes = "".join(f"\n- skipped {line}" for line in skipped)
+    control = synthtalk_control(engine, fitter, args.control, args.size)
+    control_lines = [(f"SynthTalk control ({args.control} identities, {args.size} px): the same motions rendered "
+                      "exactly (truth) and warped from the frontal render, read by the same face3d\n"),
+                     "| motion | pose error, truth | pose error, warp | jawOpen error, truth | jawOpen error, warp |",
+                     "| --- | ---: | ---: | ---: | ---: |"]
+    control_lines += [f"| {name} | {row['truth'][0]:.2f}° | {row['warp'][0]:.2f}° | {row['truth'][1]:.2f} | {row['warp'][1]:.2f} |"
+                      for name, row in control.items()]
     (args.out / "quality.md").write_text("Cells: CSIM (dlib) / pose error / jawOpen error / lip-gap error (px)\n\n" + "\n".join(lines)
-                                         + f"\n\n{summary}\n{notes}\n")
+                                         + f"\n\n{summary}\n{notes}\n\n" + "\n".join(control_lines) + "\n")
     print(summary)
+    print("\n".join(control_lines))
 
 
 if __name__ == "__main__":

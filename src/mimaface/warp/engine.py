@@ -73,6 +73,7 @@ class WarpConfig:
     batch_size: int = 8  # frames per rasteriser call
     rings: tuple[float, ...] = (0.25, 0.5, 0.8)  # ring vertices, fractions of the decay distance (the last holds still)
     falloff: float = 1.5  # the motion outside the face decays over this many face radii (at most to the border)
+    head_slope: float = 2.0  # beyond the oval the head proxy falls back this much depth per unit out (parallax)
     neck_falloff: float = 0.5  # ... and to 0 this many face radii below the jaw line (at most 0.7 of the way down)
     min_gap: float = 0.25  # fold guard: a ray's vertices move apart by at most 1 - this of their spacing
     eye_close: float = 0.25  # lids closer than this fraction of the neutral opening are pulled shut (fully at 40 %)
@@ -227,7 +228,8 @@ class MeshWarpPipeline:
         try:
             mesh = WarpMesh(self.face_model, coefficients.identity, coefficients.pose[0], coefficients.expression[0],
                             coefficients.gaze[0], rings=cfg.rings, falloff=cfg.falloff, neck_falloff=cfg.neck_falloff,
-                            min_gap=cfg.min_gap, eye_close=cfg.eye_close, lip_close=cfg.lip_close, landmarks=landmarks)
+                            min_gap=cfg.min_gap, eye_close=cfg.eye_close, lip_close=cfg.lip_close,
+                            head_slope=cfg.head_slope, landmarks=landmarks)
         except ValueError as exc:
             raise InputError(f"cannot build the warp mesh for this source: {exc}") from None
         faces = torch.as_tensor(mesh.faces, device=device)

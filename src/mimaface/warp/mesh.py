@@ -15,9 +15,13 @@ whole picture with it, :class:`WarpMesh` adds, once per source, in the source's 
   plus the corner triangles tile the picture outside the oval exactly, so the outer region
   shares the oval's vertices and no pixel is left uncovered.
 
-Per frame a ring vertex moves by ``w`` times the head's motion at its place: the 2D similarity
-that best maps the source oval onto the target oval, plus the residual motion of its own oval
-vertex. ``w = (1 - smoothstep(f / f_last)) x neck``, ``f`` the ring's fraction of ``D``: it decays
+Per frame a ring vertex moves by ``w`` times the head's motion at its place. The rings lie on a
+head-shaped proxy: each one at its oval vertex's depth minus ``head_slope`` times its distance out
+from it (the head's sides, hair and ears curve back from the face), so the head's rigid motion
+(the pose change, applied in 3D and projected) turns them with parallax: a turn spreads the near
+side and crowds the far side as a real head does, instead of sliding the head's outline as a flat
+card. To that is added the non-rigid motion of its own oval vertex (the jaw, the cheeks).
+``w = (1 - smoothstep(f / f_last)) x neck``, ``f`` the ring's fraction of ``D``: it decays
 smoothly from 1 at the oval to 0 at the last ring, which holds still with everything beyond it
 (border points and corners are fixed), and ``neck`` falls from 1 at the jaw line (the lower oval,
 extended sideways) to 0 ``neck_falloff`` face radii below it (at most 0.7 of the way down to the
@@ -156,6 +160,11 @@ class Target:
     pulled: np.ndarray  # (B,468) how far each lid and lip vertex was pulled shut, in [0, 1]
 
 
+def _complex(points: np.ndarray) -> np.ndarray:
+    """x + iy of points (..., 2+)."""
+    return points[..., 0] + 1j * points[..., 1]
+
+
 def _ray_to_border(origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Distance from ``origin`` (N,2) along unit ``direction`` (N,2) to the border of [-1, 1]^2."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -188,7 +197,7 @@ class WarpMesh:
     def __init__(self, model: FaceModel, identity: np.ndarray, pose: np.ndarray, expression: np.ndarray,
                  gaze: np.ndarray, *, rings: tuple[float, ...] = (0.25, 0.5, 0.8), falloff: float = 1.5,
                  neck_falloff: float = 0.5, min_gap: float = 0.25, eye_close: float = 0.25,
-                 lip_close: float = 0.01, landmarks: np.ndarray | None = None) -> None:
+                 lip_close: float = 0.01, head_slope: float = 1.0, landmarks: np.ndarray | None = None) -> None:
         if not rings or any(not 0.0 < f < 1.0 for f in rings) or list(rings) != sorted(rings):
             raise ValueError(f"rings must be increasing fractions in (0, 1), got {rings}")
         self.model = model
@@ -236,6 +245,11 @@ class WarpMesh:
         # sink them behind itself; copies are numbered in their originals' order, which keeps the
         # rasteriser's shared-edge rule (edges run from their lower-numbered vertex) and so no cracks.
         ring_xy = o[None] + u[None] * (self.rings[:, None, None] * reach[None, :, None])  # (K,n,2)
+        # The rings' places on the head proxy, in model space (they move rigidly with the head).
+        ring_depth = points[oval, 2][None] - head_slope * np.linalg.norm(ring_xy - o[None], axis=-1)
+        rot, trans, scale = pose_to_similarity(pose)
+        self._ring_model = (np.concatenate([ring_xy, ring_depth[..., None]], -1) - trans) @ rot / scale
+        self._oval_model = (points[oval] - trans) @ rot / scale
         border_xy = o + u * t[:, None]
         corners = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
         k = len(self.rings)
@@ -393,7 +407,7 @@ class WarpMesh:
         # Where lids or lips are pulled shut, the fill behind them sinks, so it cannot show through.
         out[:, self.copy_idx, 2] -= (HOLE_SINK * np.asarray(pose, np.float64)[:, 5:6]) * pulled[:, self.copied]
         out[:, self.ring_idx[0, 0]:] = self.source[self.ring_idx[0, 0]:]
-        out[:, self.ring_idx, :2] = self._ring_targets(landmarks[:, self.openings.oval, :2])
+        out[:, self.ring_idx, :2] = self._ring_targets(landmarks[:, self.openings.oval, :2], pose)
         # Shutting lid rims read the skin beyond their next vertices out, mirrored, instead of the lashes.
         source = np.repeat(self.source[None, :, :2], len(out), 0)
         source[:, self.lid_rim] += pulled[:, self.lid_rim, None] * self._lid_slide
@@ -409,18 +423,32 @@ class WarpMesh:
             out.append(centre)
         return np.stack(out, 1)
 
-    def _ring_targets(self, oval: np.ndarray) -> np.ndarray:
-        """(B,k,n,2) target ring positions for target oval positions (B,n,2)."""
-        src_oval = self.source[self.openings.oval, :2]
-        rings = self.source[self.ring_idx, :2]  # (k,n,2)
-        # Least-squares 2D similarity source oval -> target oval, in complex numbers: z' = a z + c.
-        zs = src_oval[:, 0] + 1j * src_oval[:, 1]
-        zt = oval[..., 0] + 1j * oval[..., 1]
-        ms, mt = zs.mean(), zt.mean(1, keepdims=True)
-        a = ((zt - mt) * np.conj(zs - ms)).sum(1, keepdims=True) / (np.abs(zs - ms) ** 2).sum()
-        residual = zt - (a * (zs - ms) + mt)  # (B,n)
-        zr = rings[..., 0] + 1j * rings[..., 1]
-        moved = a[:, None] * (zr[None] - ms) + mt[:, None] + residual[:, None]  # (B,k,n)
+    def _ring_targets(self, oval: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """(B,k,n,2) target ring positions for target oval positions (B,n,2) and poses (B,6).
+
+        Frames whose outer mesh still folds after :meth:`_unfold` (far turns combined with strong
+        tilts, where the far side of the head crowds behind the face) are redone with the head
+        proxy's parallax halved, then without it."""
+        zt = _complex(oval)
+        pose = np.asarray(pose, np.float64)
+        rings, folded = self._unfold(zt, self._ring_motion(zt, pose, 1.0))
+        for parallax in (0.5, 0.0):
+            if not folded.any():
+                break
+            rings[folded], folded[folded] = self._unfold(zt[folded], self._ring_motion(zt[folded], pose[folded], parallax))
+        return np.stack([rings.real, rings.imag], -1)
+
+    def _ring_motion(self, zt: np.ndarray, pose: np.ndarray, parallax: float) -> np.ndarray:
+        """(B,k,n) clamped ring positions (complex) for the target oval (B,n), with ``parallax`` of the
+        head proxy's depth."""
+        zs = _complex(self.source[self.openings.oval])
+        zr = _complex(self.source[self.ring_idx])  # (k,n)
+        rings = self._ring_model.reshape(-1, 3)
+        if parallax != 1.0:  # the proxy's depth, scaled about the oval vertex's
+            rings = (self._oval_model[None] + parallax * (self._ring_model - self._oval_model[None])).reshape(-1, 3)
+        rigid_rings = _complex(apply_pose(rings, pose)).reshape(len(pose), *zr.shape)
+        rigid_oval = _complex(apply_pose(self._oval_model, pose))  # (B,n)
+        moved = rigid_rings + (zt - rigid_oval)[:, None]  # the head's rigid motion + the oval's own (B,k,n)
         disp = self.ring_weight[None] * (moved - zr[None])
         # Fold guard: along each ray (oval, rings, border), a vertex's motion differs from its inner
         # neighbour's, then from its outer neighbour's, by at most 1 - min_gap of their spacing.
@@ -440,29 +468,29 @@ class WarpMesh:
         outer = np.zeros_like(inner)  # the border is fixed
         for r in reversed(range(len(self.rings))):
             disp[:, r] = outer = within(disp[:, r], outer, limit[r + 1])
-        target = self._unfold(zt, zr[None] + disp)
-        return np.stack([target.real, target.imag], -1)
+        return zr[None] + disp
 
-    def _unfold(self, oval: np.ndarray, rings: np.ndarray) -> np.ndarray:
+    def _unfold(self, oval: np.ndarray, rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Relax ring vertices (B,k,n) (complex positions) of outer triangles that would still fold,
         given the oval's target (B,n): each one's motion is pulled halfway to the mean of its four
         neighbours' on the polar grid (inner: the previous ring or the oval; outer: the next ring
         or the fixed border; and the neighbouring rays), until no outer triangle keeps less than
-        MIN_AREA of its source area or the steps run out. Frames that do not fold are untouched."""
+        MIN_AREA of its source area or the steps run out. Frames that do not fold are untouched.
+        Returns the rings and which frames still fold (B,)."""
         b, k, n = rings.shape
         fixed = self.source[self.border_idx[0]:, :2]
-        fixed = np.broadcast_to(fixed[:, 0] + 1j * fixed[:, 1], (b, len(fixed)))
+        fixed = np.broadcast_to(_complex(fixed), (b, len(fixed)))
         source = self.source[self._outer_order(), :2]
-        source = source[:, 0] + 1j * source[:, 1]
+        source = _complex(source)
         corners = source[self._outer_local]
         source_area = ((corners[:, 1] - corners[:, 0]) * np.conj(corners[:, 2] - corners[:, 0])).imag
         rest = source[n:n + k * n].reshape(k, n)
         oval_motion = (oval - source[:n])[:, None]
-        for _ in range(UNFOLD_STEPS):
+        for step in range(UNFOLD_STEPS + 1):
             points = np.concatenate([oval, rings.reshape(b, -1), fixed], 1)[:, self._outer_local]  # (B,T,3)
             area = ((points[..., 1] - points[..., 0]) * np.conj(points[..., 2] - points[..., 0])).imag
             frame, tri = np.nonzero(area / source_area < MIN_AREA)
-            if len(frame) == 0:
+            if len(frame) == 0 or step == UNFOLD_STEPS:
                 break
             flagged = np.zeros((b, n + k * n + fixed.shape[1]), bool)
             for corner in range(3):
@@ -473,7 +501,9 @@ class WarpMesh:
             outer = np.concatenate([motion[:, 1:], np.zeros_like(motion[:, :1])], 1)
             mean = 0.25 * (inner + outer + np.roll(motion, 1, 2) + np.roll(motion, -1, 2))
             rings = np.where(move, rest + 0.5 * (motion + mean), rings)
-        return rings
+        folded = np.zeros(b, bool)
+        folded[frame] = True
+        return rings, folded
 
     def _outer_order(self) -> np.ndarray:
         """Global indices of the stacked [oval, rings, border, corners] vertices."""
