@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench face-model tiny-model estimator evaluate benchmark
+.PHONY: install system-packages demo test bench face-model tiny-model estimator evaluate benchmark
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages the tests need: espeak-ng's library speaks the lip-sync test sentences and reports
+# each phone's exact time (the CLI is for making test speech by hand); chromium is the browser the
+# web app's test drives through playwright (which cannot download its own here). Installed only when missing.
+SYSTEM_PACKAGES := libespeak-ng1 espeak-ng chromium
+system-packages:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: run  sudo apt-get install $$missing" >&2; exit 1; fi; \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 demo: $(STAMP)
 	$(VENV)/bin/mimaface demo -o demo_output
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

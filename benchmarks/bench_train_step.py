@@ -8,9 +8,11 @@ on random latents, at either scale:
   ``--clips`` clips of ``--frames`` frames, AdamW, gradient checkpointing, ``--precision``.
 * ``--scale tiny --size 64``: the CPU model (what ``configs/tiny.yaml`` trains).
 
+``--batch`` and ``--clips`` take a list (``1,4,8,16``): each size in turn, up to the first that does
+not fit in GPU memory. ``--optimizer``: the trainer's ``adamw``, ``adamw_8bit`` or ``adafactor``.
 Prints seconds per step (median of ``--steps`` after one warm-up step) and peak memory (CUDA:
 ``max_memory_allocated``; CPU: the process's peak RSS). Not a test.
-Run: ``python benchmarks/bench_train_step.py --scale sd15 --device cuda``.
+Run: ``python benchmarks/bench_train_step.py --scale sd15 --device cuda --batch 1,4,8``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from mimaface.models import MIMAFaceConfig, MIMAFaceModel
+from mimaface.training.config import OPTIMIZERS, StageSection
 from mimaface.training.objectives import DenoisingObjective
 from mimaface.training.tasks import SD15_NOISE_SCHEDULE
+from mimaface.training.trainer import _optimizer
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -35,8 +39,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def step_times(objective: DenoisingObjective, params: list, inputs: dict, steps: int, device: torch.device,
-               dtype: torch.dtype | None) -> list[float]:
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+               dtype: torch.dtype | None, optimizer_name: str) -> list[float]:
+    optimizer = _optimizer(params, StageSection(learning_rate=1e-5, optimizer=optimizer_name))
     times = []
     for _ in range(steps + 1):
         if device.type == "cuda":
@@ -60,8 +64,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                         help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="stage-1 frames per step (default 16 tiny, 4 sd15)")
-    parser.add_argument("--clips", type=int, default=1, help="stage-2 clips per step")
+    parser.add_argument("--batch", default=None, help="stage-1 frames per step, or a list (default 16 tiny, 4 sd15)")
+    parser.add_argument("--clips", default="1", help="stage-2 clips per step, or a list")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    parser.add_argument("--stages", default="1,2", help="which stages (1,2)")
     parser.add_argument("--frames", type=int, default=None, help="stage-2 clip length (default 8 tiny, 12 sd15)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-checkpointing", action="store_true", help="no gradient checkpointing at sd15")
@@ -71,14 +77,17 @@ def main() -> None:
     device = torch.device(args.device)
     sd15 = args.scale == "sd15"
     size = args.size or (512 if sd15 else 64)
-    batch = args.batch or (4 if sd15 else 16)
+    batches = [int(b) for b in (args.batch or ("4" if sd15 else "16")).split(",")]
+    clip_counts = [int(b) for b in args.clips.split(",")]
+    stages = args.stages.split(",")
     frames = args.frames or (12 if sd15 else 8)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     config = MIMAFaceConfig.sd15() if sd15 else MIMAFaceConfig.tiny()
     torch.manual_seed(0)
-    model = MIMAFaceModel(config).to(device).train()
+    with device:  # initialised where it runs (a 1.6 B-parameter random init is slow on a CPU)
+        model = MIMAFaceModel(config).train()
     if sd15 and not args.no_checkpointing:
         model.enable_gradient_checkpointing()
     scheduler = DDPMScheduler(**SD15_NOISE_SCHEDULE)
@@ -93,31 +102,37 @@ def main() -> None:
         return {"pose": torch.randn(*lead, 6, device=device), "expression": torch.rand(*lead, 36, device=device),
                 "gaze": torch.randn(*lead, 4, device=device) * 0.1}
 
-    # Stage 1: frames, everything but the motion modules and W_cond trains, plus the identity loss.
-    params = model.set_stage(1)
-    objective = DenoisingObjective(model, scheduler, identity_weight=config.identity.weight)
-    inputs = {"latents": torch.randn(batch, c, h, h, device=device),
-              "render_latents": torch.randn(batch, c, h, h, device=device),
-              "source": torch.rand(batch, 3, clip_size, clip_size, device=device) * 2 - 1,
-              "identity": torch.arange(batch, device=device), **coefficients(batch)}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = step_times(objective, params, inputs, args.steps, device, dtype)
-    print(f"stage 1: batch {batch}: {statistics.median(times):.3f} s/step, peak memory {peak_memory_gib(device):.2f} GiB, "
-          f"{sum(p.numel() for p in params) / 1e6:.1f} M trained parameters")
+    def run(stage: int, lead: tuple[int, ...]) -> bool:
+        """One stage at one size; False when it did not fit in GPU memory."""
+        params = model.set_stage(stage)
+        objective = DenoisingObjective(model, scheduler, identity_weight=config.identity.weight if stage == 1 else 0.0)
+        b = lead[0]
+        inputs = {"latents": torch.randn(*lead, c, h, h, device=device),
+                  "render_latents": torch.randn(*lead, c, h, h, device=device),
+                  "source": torch.rand(b, 3, clip_size, clip_size, device=device) * 2 - 1, **coefficients(*lead)}
+        if stage == 1:  # everything but the motion modules and W_cond trains, plus the identity loss
+            inputs["identity"] = torch.arange(b, device=device)
+        what = f"batch {b}" if stage == 1 else f"{b} clip(s) x {lead[1]} frames"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            times = step_times(objective, params, inputs, args.steps, device, dtype, args.optimizer)
+        except torch.OutOfMemoryError:
+            print(f"stage {stage}: {what}: does not fit in GPU memory", flush=True)
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+        print(f"stage {stage}: {what}: {statistics.median(times):.3f} s/step, peak memory "
+              f"{peak_memory_gib(device):.2f} GiB, {sum(p.numel() for p in params) / 1e6:.1f} M trained parameters, "
+              f"{args.optimizer}", flush=True)
+        return True
 
-    # Stage 2: clips, only W_cond and the motion modules train.
-    params = model.set_stage(2)
-    objective = DenoisingObjective(model, scheduler)
-    b = args.clips
-    inputs = {"latents": torch.randn(b, frames, c, h, h, device=device),
-              "render_latents": torch.randn(b, frames, c, h, h, device=device),
-              "source": torch.rand(b, 3, clip_size, clip_size, device=device) * 2 - 1, **coefficients(b, frames)}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = step_times(objective, params, inputs, args.steps, device, dtype)
-    print(f"stage 2: {b} clip(s) x {frames} frames: {statistics.median(times):.3f} s/step, peak memory "
-          f"{peak_memory_gib(device):.2f} GiB, {sum(p.numel() for p in params) / 1e6:.1f} M trained parameters")
+    for stage, sizes in ((1, batches), (2, clip_counts)):
+        if str(stage) in stages:
+            for size in sizes:
+                if not run(stage, (size,) if stage == 1 else (size, frames)):
+                    break
 
 
 if __name__ == "__main__":

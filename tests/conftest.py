@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -5,6 +6,19 @@ import pytest
 
 from mimaface.face3d.blendshapes import ANTAGONISTS
 from mimaface.face3d.model import FaceModel
+
+
+@pytest.fixture(scope="session", autouse=True)
+def config_folder(tmp_path_factory):
+    """Signing keys and settings go to a temporary folder, never the user's ~/.config (also for the
+    commands the tests run as subprocesses, which inherit the environment)."""
+    old = os.environ.get("MIMAFACE_CONFIG_DIR")
+    os.environ["MIMAFACE_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if old is None:
+        os.environ.pop("MIMAFACE_CONFIG_DIR")
+    else:
+        os.environ["MIMAFACE_CONFIG_DIR"] = old
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +57,17 @@ def motion_of(n: int, seed: int = 0):
     return MotionCoefficients(pose, rng.uniform(0, 0.3, (n, face.num_expressions)), np.zeros((n, 4)),
                               np.zeros(face.num_identities), face.expression_names, face.identity_names,
                               image_size=(64, 64))
+
+
+@pytest.fixture(scope="session")
+def training_synthtalk(tmp_path_factory) -> Path:
+    """A small SynthTalk set for the training tests (5 identities x 2 clips x 12 frames, 64 px)."""
+    from mimaface.synthtalk.generator import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_dataset(root, SynthConfig(identities=5, clips_per_identity=2, frames=12, size=64, seed=3,
+                                       test_fraction=0.4, workers=1), progress=False)
+    return root
 
 
 @pytest.fixture(scope="session")

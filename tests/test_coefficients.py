@@ -11,6 +11,7 @@ from mimaface.face3d.coefficients import (
     MotionCoefficients,
     load_motion,
     motion_from_json,
+    save_motion_json,
 )
 
 
@@ -40,6 +41,24 @@ def test_npz_errors(model, tmp_path):
         load_motion(tmp_path / "bad.npz", model)
     with pytest.raises(InputError, match="unsupported motion file"):
         load_motion(tmp_path / "x.txt", model)
+
+
+def test_motion_json_round_trip(model, tmp_path):
+    motion = make_motion(model)
+    motion.expression[:, model.expression_names.index("cheekPuff")] = 0.25  # held: keyed once
+    motion.expression[:, model.expression_names.index("jawOpen")] = 0.0  # neutral: left out
+    save_motion_json(motion, tmp_path / "MOTION.json")
+    back = load_motion(tmp_path / "MOTION.json", model)
+    for key in ("pose", "expression", "gaze", "identity"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(motion, key))  # exact: float64 as text
+    assert back.fps == 30.0 and back.image_size == (640, 480) and back.landmarks is None
+    frames = json.loads((tmp_path / "MOTION.json").read_text())["frames"]
+    assert [entry["frame"] for entry in frames] == list(range(5))
+    assert "cheekPuff" in frames[0] and "cheekPuff" not in frames[1] and all("jawOpen" not in e for e in frames)
+    still = motion.select([2])  # one frame: every channel held, read back the same
+    save_motion_json(still, tmp_path / "still.json")
+    np.testing.assert_array_equal(load_motion(tmp_path / "still.json", model).pose, still.pose)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MOTION.json", "still.json"]  # nothing temporary left
 
 
 def test_json_keyframes_linear(model):

@@ -19,7 +19,6 @@ from mimaface.cli import main as cli_main
 from mimaface.data.datasets import FramePairDataset
 from mimaface.errors import InputError
 from mimaface.models.config import TINY_VAE_CONFIG
-from mimaface.synthtalk import SynthConfig, generate_dataset
 from mimaface.training.config import load_config
 from mimaface.training.sampler import ResumableShardSampler
 
@@ -31,11 +30,8 @@ FAST = ["stage1.batch_size=4", "stage2.batch_size=1", "vae.batch_size=4", "valid
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    generate_dataset(root, SynthConfig(identities=5, clips_per_identity=2, frames=12, size=64, seed=3,
-                                       test_fraction=0.4, workers=1), progress=False)
-    return root
+def data(training_synthtalk) -> Path:
+    return training_synthtalk
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +195,7 @@ def test_two_processes(data, vae_dir, tmp_path):
     assert len(summary["parameter_digest_per_process"]) == 2
     assert len(set(summary["parameter_digest_per_process"])) == 1
 
-    bank = torch.load(out / "checkpoints" / "checkpoint-000003" / "custom_checkpoint_0.pkl", weights_only=True)
+    bank = load_file(out / "checkpoints" / "checkpoint-000003" / "training_state.safetensors")
     dataset = FramePairDataset(data, "train")
     sampler = ResumableShardSampler(len(dataset), batch, seed=0, rank=0, world_size=2)
     batches = sampler.epoch_batches(0)

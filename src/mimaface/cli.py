@@ -169,26 +169,133 @@ def _sampling_options(args: argparse.Namespace):
 
 
 def _cmd_animate(args: argparse.Namespace) -> None:
+    from mimaface.audio import is_audio_path
     from mimaface.pipelines.animate import AnimateOptions, animate
     from mimaface.pipelines.retarget import RetargetConfig
 
+    # Audio driving: the group scales shape the motion made from the audio (--expression-scale: the
+    # brows, --mouth-scale: the lips), so the retargeting itself is left at 1.
+    from_audio = args.from_audio or is_audio_path(args.driving)
+    scales = (1.0, 1.0, 1.0) if from_audio else (args.pose_scale, args.expression_scale, args.gaze_scale)
     options = AnimateOptions(
         engine=args.engine, sampling=_sampling_options(args),
-        retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=args.pose_scale,
-                                expression_multiplier=args.expression_scale, gaze_multiplier=args.gaze_scale,
+        retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=scales[0],
+                                expression_multiplier=scales[1], gaze_multiplier=scales[2],
                                 keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
         face_index=args.face_index, driving_face_index=args.driving_face_index, max_gap=args.max_gap,
-        paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps)
-    result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
-                     progress=not args.quiet)
+        paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps,
+        from_audio=args.from_audio, audio=_audio_motion_options(args), audio_track=args.audio,
+        provenance=_provenance_options(args))
+    with _warnings_as_lines("animate") if from_audio else contextlib.nullcontext():
+        result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
+                         progress=not args.quiet)
     print(f"wrote {args.output}: {result.num_frames} frame(s) in {result.num_clips} clip(s)")
+
+
+def _audio_motion_options(args: argparse.Namespace):
+    """AudioMotionOptions from the audio flags (animate's --fps, when given, sets the motion's rate)."""
+    from mimaface.audio import AudioMotionOptions
+
+    transcript = args.transcript
+    if transcript is not None and Path(transcript).is_file():
+        try:
+            transcript = Path(transcript).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{args.transcript}: cannot read the transcript ({exc})") from None
+    values = {"transcript": transcript, "lip_sync": args.lip_sync, "mouth_scale": args.mouth_scale,
+              "pose_scale": args.pose_scale, "expression_scale": args.expression_scale, "gaze_scale": args.gaze_scale,
+              "blink": args.blink, "still": args.still, "pose_from": args.pose_from, "seed": args.seed}
+    if args.fps is not None:
+        values["fps"] = args.fps
+    return AudioMotionOptions(**values)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """What audio_to_motion warns about (no speech found, transcript words not in the audio) as one
+    line each on stderr, like the errors."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for warning in caught:
+                print(f"mimaface {command}: warning: {warning.message}", file=sys.stderr)
+
+
+def _cmd_audio2motion(args: argparse.Namespace) -> None:
+    from mimaface.audio import audio_to_motion, save_motion
+
+    if Path(args.output).suffix.lower() not in (".npz", ".json"):
+        raise InputError(f"{args.output}: the output of audio2motion must be a .npz or .json file")
+    with _warnings_as_lines("audio2motion"):
+        motion = audio_to_motion(args.audio, _audio_motion_options(args), progress=not args.quiet)
+    save_motion(motion, args.output)
+    source = {"align": "the aligned transcript", "loop": "recognised phones", "loudness": "loudness"}[motion.extra["mode"]]
+    print(f"wrote {args.output}: {motion.num_frames} frame(s) at {motion.fps:g} fps, lip sync from {source}, "
+          f"mouth moving in {motion.extra['speaking'].mean():.0%} of the frames")
+
+
+def _add_audio_arguments(p: argparse.ArgumentParser, *, animate: bool) -> None:
+    """The flags of motion made from audio, their defaults from AudioMotionOptions (animate already has
+    --seed, --fps and the three scales)."""
+    from mimaface.audio.motion import LIP_SYNC_MODES, AudioMotionOptions
+
+    d = AudioMotionOptions()
+    p.add_argument("--transcript", default=None, metavar="TEXT_OR_FILE",
+                   help="what is said (text, or a text file): forced alignment instead of the phone loop")
+    p.add_argument("--lip-sync", choices=LIP_SYNC_MODES, default=d.lip_sync,
+                   help=f"mouth from recognised phones, or from loudness alone (the baseline) (default {d.lip_sync})")
+    p.add_argument("--mouth-scale", type=float, default=d.mouth_scale, help=f"lip motion (default {d.mouth_scale:g})")
+    p.add_argument("--blink", action=argparse.BooleanOptionalAction, default=d.blink, help="blinks (default on)")
+    p.add_argument("--still", action="store_true", help="the mouth only: no head motion, gaze, brows or blinks")
+    p.add_argument("--pose-from", default=None, metavar="MOTION",
+                   help="take the head motion from this .npz / MOTION.json (relative to its first frame, looped)")
+    if animate:
+        return
+    p.add_argument("--fps", type=float, default=d.fps, help=f"frame rate (default {d.fps:g})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed of head motion, blinks, gaze (default {d.seed})")
+    p.add_argument("--pose-scale", type=float, default=d.pose_scale, help=f"head motion (default {d.pose_scale:g})")
+    p.add_argument("--expression-scale", type=float, default=d.expression_scale,
+                   help=f"brows, the face besides mouth and lids (default {d.expression_scale:g})")
+    p.add_argument("--gaze-scale", type=float, default=d.gaze_scale, help=f"eye movements (default {d.gaze_scale:g})")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mimaface.demo import run_demo
 
     run_demo(Path(args.output), checkpoint=args.checkpoint, steps=_sampling_options(args).num_inference_steps,
-             progress=not args.quiet)
+             progress=not args.quiet, provenance=_provenance_options(args))
+
+
+def _cmd_app(args: argparse.Namespace) -> None:
+    from mimaface.app import create_app, serve
+
+    serve(create_app(args.engine, args.checkpoint), host=args.host, port=args.port)
+
+
+def _provenance_options(args: argparse.Namespace):
+    from mimaface.provenance import ProvenanceOptions
+
+    return ProvenanceOptions(enabled=not args.no_watermark, sign_cert=args.sign_cert, sign_key=args.sign_key)
+
+
+def _add_provenance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-watermark", action="store_true",
+                   help="research only: no invisible watermark and no C2PA manifest (the outputs carry no provenance)")
+    p.add_argument("--sign-cert", default=None, metavar="CHAIN.pem",
+                   help="sign the manifests with this certificate chain (signer first; default: signing.toml in the "
+                        "config folder, else a local CA made once there: valid, but trusted by no one else)")
+    p.add_argument("--sign-key", default=None, metavar="KEY.pem", help="the private key of --sign-cert")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from mimaface.provenance.verify import exit_code, table, verify_file
+
+    results = [verify_file(path, args.trust) for path in args.files]
+    print(table(results))
+    return exit_code(results)
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser, *, full: bool) -> None:
@@ -220,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MIMAFace face animation. Commands: extract (motion coefficients from an image or "
                     "video), render (coefficients or MOTION.json to the I_R face render), synth (the SynthTalk "
                     "data set), preprocess (real videos into the same format), sheets (contact sheets of a "
-                    "data set), train (the latent codec, stage 1 and stage 2), train-estimator (the evaluation's SynthTalk estimator), evaluate (the paper's metrics on a test split), animate (a portrait driven by a video, image or motion file), demo (the main job on the bundled example).")
+                    "data set), train (the latent codec, stage 1 and stage 2), train-estimator (the evaluation's SynthTalk estimator), evaluate (the paper's metrics on a test split), animate (a portrait driven by a video, image, audio or motion file), audio2motion (motion coefficients from speech), demo (the main job on the bundled example), verify (the watermark and C2PA manifest of generated files), app (the web app).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('mimaface').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -325,9 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("animate", help="animate a portrait with a driving video, image, coefficients or MOTION.json")
+    p = sub.add_parser("animate", help="animate a portrait with a driving video, image, audio, coefficients or MOTION.json")
     p.add_argument("--source", required=True, help="the portrait (image)")
-    p.add_argument("--driving", required=True, help="VIDEO, IMAGE, COEFFS.npz or MOTION.json")
+    p.add_argument("--driving", required=True, help="VIDEO, IMAGE, AUDIO (speech), COEFFS.npz or MOTION.json")
     p.add_argument("-o", "--output", required=True, help="OUT.mp4 (or OUT.png for a single driving image)")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="warp (learning-free, the photo itself moves; the default without --checkpoint) or diffusion "
@@ -339,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--relative", action="store_true", help="transfer motion relative to the driving's first frame (default)")
     mode.add_argument("--absolute", action="store_true", help="use the driving coefficients as they are")
     p.add_argument("--pose-scale", type=float, default=1.0, help="multiplier of the head motion (default 1)")
-    p.add_argument("--expression-scale", type=float, default=1.0, help="multiplier of the expression motion (default 1)")
+    p.add_argument("--expression-scale", type=float, default=1.0,
+                   help="multiplier of the expression motion (audio: of the brows; --mouth-scale: the lips) (default 1)")
     p.add_argument("--gaze-scale", type=float, default=1.0, help="multiplier of the gaze motion (default 1)")
     p.add_argument("--keep-pose", action="store_true", help="keep the source's head pose")
     p.add_argument("--keep-gaze", action="store_true", help="keep the source's gaze")
@@ -349,9 +457,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", action="store_true", help="write the generated crop instead of pasting it back")
     p.add_argument("--side-by-side", default=None, metavar="SBS.mp4", help="also write source | driving | I_R | result")
     p.add_argument("--frames-dir", default=None, help="also write PNG frames here")
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the driving's)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the driving's; audio: 25)")
+    p.add_argument("--from-audio", action="store_true",
+                   help="drive with the speech in the driving video's audio track, not its face (audio files: always)")
+    p.add_argument("--audio", default=None, metavar="AUDIO",
+                   help="the sound of the output (default: the driving's own, when it has one)")
+    _add_audio_arguments(p, animate=True)
+    _add_provenance_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_animate)
+
+    p = sub.add_parser("audio2motion", help="motion coefficients of a face saying what an audio file says "
+                                            "(lip sync, head motion, blinks, gaze, brows)")
+    p.add_argument("audio", help="wav, mp3, m4a, flac, ... or a video (its audio track)")
+    p.add_argument("-o", "--output", required=True, help="MOTION.npz or MOTION.json")
+    _add_audio_arguments(p, animate=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_audio2motion)
 
     p = sub.add_parser("demo", help="the main job: the bundled model animates a held-out SynthTalk identity")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default demo_output)")
@@ -359,8 +481,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=SamplingOptions.num_inference_steps,
                    help=f"denoising steps (default {SamplingOptions.num_inference_steps})")
     _add_threads_argument(p)
+    _add_provenance_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("verify", help="is there a mimaface watermark, and a valid C2PA manifest, in these files?",
+                       description="One row per file: the invisible watermark (found or not, the fraction of its 32 "
+                                   "known bits read right, the chance of that many without a watermark, the payload: "
+                                   "format version and model hash) and the C2PA manifest (absent, valid: signed and "
+                                   "unchanged but the signer is not trusted, trusted, or invalid with the reason). "
+                                   "Exit status: 0 every file carries provenance (watermark or a valid manifest) and "
+                                   "no manifest is invalid; 1 some file carries none; 3 some manifest is invalid; "
+                                   "2 a file could not be read.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="videos or images")
+    p.add_argument("--trust", action="append", default=[], metavar="CA.pem",
+                   help="a CA whose signers count as trusted (repeatable; also: trust = [...] in signing.toml)")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("app", help="the web app: animate a portrait in the browser (video, image, motion editor, speech)")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="the page's default engine, chosen as for animate (the page switches per job and loads the "
+                        "other on its first use; previews always use the warp)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained model folder for the diffusion engine (default: the bundled tiny model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
+    _add_threads_argument(p)
+    p.set_defaults(func=_cmd_app)
     return parser
 
 
@@ -429,14 +576,14 @@ def _set_threads(threads: int | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         _set_threads(getattr(args, "threads", None))
-        args.func(args)
+        code = args.func(args)  # verify returns its exit status; the others None
     except MimafaceError as exc:
         print(f"mimaface {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mimaface {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

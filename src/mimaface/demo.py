@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mimaface import files
 from mimaface.errors import InputError
 from mimaface.evaluation.metrics import boundary_consistency, masked_psnr, psnr
 from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
-from mimaface.media import write_video
+from mimaface.media import load_image, write_image, write_video
 from mimaface.pipelines.compositing import side_by_side
 from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.pipeline import BUNDLED_MODEL, GeneratedVideo, MIMAFacePipeline
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import aligned_source
+from mimaface.provenance import ProvenanceOptions, Stamp
 from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip, render_identity
 
 
@@ -56,10 +58,12 @@ DRIVING_FRAMES = 72  # 12 clips of 8 frames joined through ICA (k = 2)
 
 
 def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int = SamplingOptions.num_inference_steps,
-             progress: bool = True) -> dict:
+             progress: bool = True, provenance: ProvenanceOptions | None = None) -> dict:
     """The main job: a held-out SynthTalk identity animated (1) by another held-out identity's motion,
     checked against SynthTalk's exact ground truth, with and without ICA, and (2) by the bundled
-    hand-written MOTION.json. Writes videos, ``summary.png`` and ``metrics.json`` to ``output``."""
+    hand-written MOTION.json. Writes videos, ``summary.png`` and ``metrics.json`` to ``output``; the
+    videos and the figure are watermarked and signed (``provenance``, default on; the metrics are
+    measured on the frames as generated)."""
     output.mkdir(parents=True, exist_ok=True)
     pipeline = MIMAFacePipeline.from_pretrained(checkpoint)
     pipeline.set_progress_bar_config(disable=not progress, leave=False)
@@ -75,6 +79,9 @@ def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int =
     a, b = held[0], held[1]
     frames_a, _, motion_a = render_clip(recipe, a, 0)
     source = aligned_source(frames_a[0], dataclasses.replace(motion_a.select([0]), landmarks=None, extra={}))
+    stamp = Stamp.for_job(provenance or ProvenanceOptions(), pipeline, engine="diffusion", source=source.crop)
+    mark = stamp.mark if stamp is not None else (lambda frame: frame)
+    sign = stamp.sign if stamp is not None else None
     # A new, longer performance of B (SynthTalk motion is seeded per clip; B's look is the held-out one).
     long = dataclasses.replace(recipe, frames=DRIVING_FRAMES)
     for clip in range(16):  # the first talking (not still-portrait) performance
@@ -104,15 +111,18 @@ def run_demo(output: Path, *, checkpoint: str | Path | None = None, steps: int =
     }
     panels = (side_by_side(source.crop, d, r, g, n, t) for d, r, g, n, t in
               zip(driving_frames, with_ica.renders, with_ica.frames, without_ica.frames, truth))
-    write_video(output / "cross_identity.mp4", panels, driving.fps)
+    write_video(output / "cross_identity.mp4", map(mark, panels), driving.fps, finish=sign)
 
     # 2. The hand-written MOTION.json, relative to the source's own pose and expression.
     talk = retarget(source.coefficients, motion_from_json(asset_path("talk.json")))
     talked = generate(talk)
-    write_video(output / "motion_json.mp4", (side_by_side(source.crop, r, g) for r, g in
-                                             zip(talked.renders, talked.frames)), talk.fps)
-    _summary(output / "summary.png", source.crop, driving_frames, with_ica, without_ica, truth, talked)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_video(output / "motion_json.mp4", (mark(side_by_side(source.crop, r, g)) for r, g in
+                                             zip(talked.renders, talked.frames)), talk.fps, finish=sign)
+    with files.atomic_output(output / "summary.png") as figure:
+        _summary(figure, source.crop, driving_frames, with_ica, without_ica, truth, talked)
+        if stamp is not None:  # it shows generated frames: marked and signed as the videos are
+            write_image(figure, mark(load_image(figure)), finish=sign)
+    files.write_json(output / "metrics.json", metrics)
     p, fp, c = metrics["psnr_db"], metrics["face_psnr_db"], metrics["boundary_consistency"]
     print(f"held-out identity {a} driven by held-out identity {b}: {metrics['frames']} frames in {metrics['clips']} clips")
     print(f"  PSNR against the exact ground truth: generated {p['generated']:.2f} dB, without ICA "

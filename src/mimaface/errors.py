@@ -11,3 +11,9 @@ class InputError(MimafaceError):
 
 class FaceNotFoundError(MimafaceError):
     """No face was found where one is needed (an image, or some frames of a video)."""
+
+
+def one_line(text: object) -> str:
+    """The last non-empty line of ``text`` (an error message from a library), stripped."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -19,14 +19,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from mimaface.errors import InputError
+from mimaface.errors import one_line as _one_line
+from mimaface.files import atomic_output, replace_file
+from mimaface.files import create_temp as _create_temp
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ts", ".mts", ".gif"})
@@ -57,7 +58,7 @@ def load_image(path_or_array) -> np.ndarray:
         return to_rgb8(path_or_array, "image array")
     if hasattr(path_or_array, "mode") and hasattr(path_or_array, "size"):  # a PIL image
         return _pil_to_rgb8(path_or_array, "image")
-    path = _existing_file(path_or_array)
+    path = existing_file(path_or_array)
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -143,11 +144,12 @@ def _pil_to_rgb8(im, name: str) -> np.ndarray:
     return to_rgb8(np.asarray(im.convert("RGB")), name)
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+def write_image(path: str | os.PathLike, image: np.ndarray, *, finish: Callable[[Path], None] | None = None) -> None:
     """Write an image atomically; the format follows the extension (.png, .jpg, .jpeg).
 
     PNG keeps the alpha channel of an RGBA ``uint8`` array; otherwise the image is converted as by
-    :func:`to_rgb8`. JPEG is written at quality 95."""
+    :func:`to_rgb8`. JPEG is written at quality 95. ``finish``: called with the complete temporary
+    file before it is renamed into place (provenance signs it there)."""
     from PIL import Image
 
     path = Path(path)
@@ -160,6 +162,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     try:
         with atomic_output(path) as tmp:
             Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            if finish is not None:
+                finish(tmp)
     except OSError as err:
         raise InputError(f"{path}: could not write the image ({_one_line(err)})") from err
 
@@ -182,7 +186,7 @@ class VideoInfo:
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Frame rate, approximate frame count and frame size of a video file, without decoding it."""
-    path = _existing_file(path)
+    path = existing_file(path)
     reader, info = _open_video(path)
     reader.close()
     return info
@@ -193,14 +197,14 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
     An unreadable file raises :class:`InputError` at once; a video with no frames, or one that
     breaks off mid-way, raises it from the iteration (naming the frame)."""
-    path = _existing_file(path)
+    path = existing_file(path)
     reader, info = _open_video(path)
     return _frames(reader, info, path)
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """All frames as one ``(T, H, W, 3)`` uint8 array, and the frame rate."""
-    path = _existing_file(path)
+    path = existing_file(path)
     reader, info = _open_video(path)
     frames = list(_frames(reader, info, path))
     return np.stack(frames), info.fps
@@ -258,10 +262,11 @@ def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
-                crf: int = 18, preset: str = VIDEO_PRESET, audio_from: str | os.PathLike | None = None) -> int:
+                crf: int = 18, preset: str = VIDEO_PRESET, audio_from: str | os.PathLike | None = None,
+                finish: Callable[[Path], None] | None = None) -> int:
     """Encode ``frames`` (any iterable of images accepted by :func:`to_rgb8`, all of one size; a
     generator is consumed once) with a :class:`VideoWriter`. Returns the number of frames written."""
-    with VideoWriter(path, fps, crf=crf, preset=preset, audio_from=audio_from) as writer:
+    with VideoWriter(path, fps, crf=crf, preset=preset, audio_from=audio_from, finish=finish) as writer:
         for frame in frames:
             writer.write(frame)
     return writer.frames_written
@@ -279,7 +284,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 18, preset: str = VIDEO_PRESET,
-                 audio_from: str | os.PathLike | None = None) -> None:
+                 audio_from: str | os.PathLike | None = None, finish: Callable[[Path], None] | None = None) -> None:
         self.path = Path(path)
         self.container = VIDEO_OUT_FORMATS.get(self.path.suffix.lower())
         if self.container is None:
@@ -289,7 +294,8 @@ class VideoWriter:
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {crf}")
         self.fps, self.crf, self.preset = float(fps), crf, preset
-        self.audio = None if audio_from is None else _existing_file(audio_from)
+        self.audio = None if audio_from is None else existing_file(audio_from)
+        self.finish = finish  # called with the complete temporary file before the rename (provenance signs it)
         self.frames_written = 0
         self._shape: tuple[int, ...] | None = None
         self._process: subprocess.Popen | None = None
@@ -331,7 +337,9 @@ class VideoWriter:
             self._finish_encoder()
             if self.audio is not None and has_audio(self.audio):
                 self._mux_audio()
-            os.replace(self._tmp, self.path)
+            if self.finish is not None:
+                self.finish(self._tmp)
+            replace_file(self._tmp, self.path)
             self._log.close()
         except BaseException:
             self._abort()
@@ -407,12 +415,13 @@ def has_audio(path: str | os.PathLike) -> bool:
     """Whether a media file has an audio stream."""
     import imageio_ffmpeg
 
-    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(_existing_file(path))],
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(existing_file(path))],
                             capture_output=True, text=True)
     return any("Audio:" in line for line in result.stderr.splitlines() if "Stream #" in line)
 
 
-def _existing_file(path) -> Path:
+def existing_file(path) -> Path:
+    """``path`` as a Path if it is a non-empty file, else an InputError naming it."""
     try:
         path = Path(path)
     except TypeError:
@@ -424,40 +433,6 @@ def _existing_file(path) -> Path:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path beside ``path``; it becomes ``path`` (``os.replace``) only if
-    the ``with`` block succeeds, and is deleted otherwise, so no half-written file ever exists
-    under the final name."""
-    path = Path(path)
-    tmp = _create_temp(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _create_temp(path: Path) -> Path:
-    """Create an empty hidden file beside ``path`` (same folder, so ``os.replace`` is atomic)."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(f"{path}: cannot write, folder {folder} does not exist")
-    tmp = folder / f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}"
-    try:
-        with open(tmp, "xb"):
-            pass
-    except OSError as err:
-        raise InputError(f"{path}: cannot write in folder {folder} ({err.strerror or err})") from err
-    return tmp
-
-
-def _one_line(text) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def _ffmpeg_reason(err: Exception) -> str:

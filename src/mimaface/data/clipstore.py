@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mimaface import files
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
 
@@ -89,7 +90,9 @@ def write_clip(root: Path, split: str, identity: str, clip: str, frames: np.ndar
         motion.save(tmp / "motion.npz")
         meta = {"identity": identity, "clip": clip, "num_frames": t, "size": size, "fps": motion.fps} | (info or {})
         (tmp / "clip.json").write_text(json.dumps(meta))
-        os.rename(tmp, final)
+        files.fsync_tree(tmp)
+        os.rename(tmp, final)  # not os.replace: a clip that exists is never overwritten
+        files.fsync(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -103,9 +106,7 @@ def write_dataset_info(root: Path, info: dict) -> None:
     path = root / "dataset.json"
     current = json.loads(path.read_text()) if path.is_file() else {}
     current |= {"format": FORMAT, "version": VERSION} | info
-    tmp = root / ".dataset.json.part"
-    tmp.write_text(json.dumps(current, indent=1))
-    os.replace(tmp, path)
+    files.write_json(path, current, indent=1)
 
 
 def read_dataset_info(root: Path) -> dict:

@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mimaface import files
 from mimaface.data.clipstore import SPLITS, clip_exists, write_clip, write_dataset_info
 from mimaface.errors import FaceNotFoundError, InputError, MimafaceError
 from mimaface.face3d.crop import boxes_from_pose, crop_square, landmarks_to_crop, neutral_face_box
@@ -168,68 +169,70 @@ def preprocess_videos(video_dir: str | os.PathLike, output: str | os.PathLike, c
         raise InputError(f"{video_dir}: no video files found (looked for {', '.join(sorted(_video_extensions()))})")
     csv_map = _read_identity_csv(Path(cfg.identities_csv)) if cfg.identities_csv is not None else None
 
-    _check_existing_dataset(output, cfg)
-    output.mkdir(parents=True, exist_ok=True)
-    log = _RunLog(output / LOG_NAME)
-    log.write({"event": "start", "video_dir": str(video_dir.resolve()), "videos": len(videos), "config": cfg.to_json()})
+    with files.folder_lock(output):  # one writer: two runs would write the same clips and log
+        _check_existing_dataset(output, cfg)
+        log = _RunLog(output / LOG_NAME)
+        log.write({"event": "start", "video_dir": str(video_dir.resolve()), "videos": len(videos),
+                   "config": cfg.to_json()})
 
-    failures: list[dict] = []
-    named: list[tuple[Path, str, str]] = []
-    for path in videos:
-        rel = path.relative_to(video_dir)
-        identity = _identity_for(rel, csv_map)
-        if identity is None:
-            reason = (f"{rel.as_posix()}: no identity: it is not listed in {cfg.identities_csv}" if csv_map is not None
-                      else f"{rel.as_posix()}: no identity: put videos in VIDEO_DIR/IDENTITY/ folders or give a CSV")
-            failures.append(_failed_record(rel.as_posix(), None, None, reason, retry=True))
-            continue
-        named.append((path, rel.as_posix(), identity))
-    splits = _assign_splits({identity for _, _, identity in named}, output, cfg)
-    write_dataset_info(output, {"source": "preprocess", "size": int(cfg.size), "fps": cfg.fps,
-                                "video_dir": str(video_dir.resolve()), "preprocess": cfg.to_json()})
+        failures: list[dict] = []
+        named: list[tuple[Path, str, str]] = []
+        for path in videos:
+            rel = path.relative_to(video_dir)
+            identity = _identity_for(rel, csv_map)
+            if identity is None:
+                reason = (f"{rel.as_posix()}: no identity: it is not listed in {cfg.identities_csv}"
+                          if csv_map is not None else
+                          f"{rel.as_posix()}: no identity: put videos in VIDEO_DIR/IDENTITY/ folders or give a CSV")
+                failures.append(_failed_record(rel.as_posix(), None, None, reason, retry=True))
+                continue
+            named.append((path, rel.as_posix(), identity))
+        splits = _assign_splits({identity for _, _, identity in named}, output, cfg)
+        write_dataset_info(output, {"source": "preprocess", "size": int(cfg.size), "fps": cfg.fps,
+                                    "video_dir": str(video_dir.resolve()), "preprocess": cfg.to_json()})
 
-    previous = log.last_records()
-    tasks: list[_Task] = []
-    counts = {"resumed": 0, "skipped_failed": 0}
-    for path, rel, identity in named:
-        stat = path.stat()
-        task = _Task(path, rel, identity, splits[identity], _clip_base(rel, identity, csv_map is None), output, cfg,
-                     (stat.st_size, stat.st_mtime_ns))
-        state = _resume_state(previous.get(rel), task)
-        if state:
-            counts[state] += 1
-        else:
-            tasks.append(task)
+        previous = log.last_records()
+        tasks: list[_Task] = []
+        counts = {"resumed": 0, "skipped_failed": 0}
+        for path, rel, identity in named:
+            stat = path.stat()
+            task = _Task(path, rel, identity, splits[identity], _clip_base(rel, identity, csv_map is None), output, cfg,
+                         (stat.st_size, stat.st_mtime_ns))
+            state = _resume_state(previous.get(rel), task)
+            if state:
+                counts[state] += 1
+            else:
+                tasks.append(task)
 
-    for record in failures:
-        log.write(record)
-        logger.warning("skipped %s", record["error"])
-    results = _run_tasks(tasks, cfg, log, progress)
-    for record in results:
-        if record["status"] == "failed":
-            failures.append(record)
+        for record in failures:
+            log.write(record)
+            logger.warning("skipped %s", record["error"])
+        results = _run_tasks(tasks, cfg, log, progress)
+        for record in results:
+            if record["status"] == "failed":
+                failures.append(record)
 
-    ok = [r for r in results if r["status"] == "ok"]
-    summary = {
-        "videos": len(videos),
-        "processed": len(ok),
-        "resumed": counts["resumed"],
-        "failed": len(failures),
-        "skipped_failed": counts["skipped_failed"],
-        "clips": sum(len(r["written"]) for r in ok),
-        "frames": sum(r["frames_written"] for r in ok),
-        "seconds": time.perf_counter() - start,
-        "failures": [{"video": r["video"], "error": r["error"]} for r in failures],
-        "splits": splits,
-        "log": str(log.path),
-    }
-    summary["frames_per_second"] = summary["frames"] / max(summary["seconds"], 1e-9)
-    stored = _stored_clips(output)
-    summary["clips_total"] = len(stored)
-    log.write({"event": "end"} | {k: v for k, v in summary.items() if k not in ("failures", "splits", "log")})
-    identities = {s: sorted({identity for split, identity, _ in stored if split == s}) for s in SPLITS}
-    write_dataset_info(output, {"identities": identities, "num_clips": summary["clips_total"]})
-    return summary
+        ok = [r for r in results if r["status"] == "ok"]
+        summary = {
+            "videos": len(videos),
+            "processed": len(ok),
+            "resumed": counts["resumed"],
+            "failed": len(failures),
+            "skipped_failed": counts["skipped_failed"],
+            "clips": sum(len(r["written"]) for r in ok),
+            "frames": sum(r["frames_written"] for r in ok),
+            "seconds": time.perf_counter() - start,
+            "failures": [{"video": r["video"], "error": r["error"]} for r in failures],
+            "splits": splits,
+            "log": str(log.path),
+        }
+        summary["frames_per_second"] = summary["frames"] / max(summary["seconds"], 1e-9)
+        stored = _stored_clips(output)
+        summary["clips_total"] = len(stored)
+        log.write({"event": "end"} | {k: v for k, v in summary.items() if k not in ("failures", "splits", "log")})
+        identities = {s: sorted({identity for split, identity, _ in stored if split == s}) for s in SPLITS}
+        write_dataset_info(output, {"identities": identities, "num_clips": summary["clips_total"]})
+        return summary
 
 
 def _stored_clips(output: Path) -> list[tuple[str, str, str]]:
@@ -759,8 +762,14 @@ class _RunLog:
 
     def write(self, record: dict) -> None:
         record = {"time": datetime.now(UTC).isoformat(timespec="seconds")} | record
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+        line = json.dumps(record, default=_json_default) + "\n"
+        with open(self.path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":  # a line cut off by a killed run stays alone
+                line = "\n" + line
+            fh.write(line.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def last_records(self) -> dict[str, dict]:
         out: dict[str, dict] = {}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mimaface import files
 from mimaface.data.clipstore import list_clips, read_dataset_info
 from mimaface.errors import InputError
 from mimaface.face3d.model import FaceModel
@@ -40,6 +41,7 @@ from mimaface.synthtalk.generator import render_coefficients
 
 BUNDLED_ESTIMATOR = Path(__file__).resolve().parents[1] / "assets" / "estimator"
 SAVED_HOW = "a folder written by `mimaface train-estimator` (config.json + model.safetensors)"
+ESTIMATOR_FILES = frozenset({"config.json", "model.safetensors", "estimator.json"})
 TARGETS = ("pose", "expression", "gaze")
 
 
@@ -139,11 +141,16 @@ class FaceEstimator(nn.Module):
         return FaceReading(**{key: np.concatenate(value) for key, value in parts.items()})
 
     def save_pretrained(self, directory: str | Path, record: dict | None = None) -> None:
-        """``config.json`` + ``model.safetensors`` (+ ``estimator.json``: how it was trained, how good it is)."""
+        """``config.json`` + ``model.safetensors`` (+ ``estimator.json``: how it was trained, how good it is).
+        The folder is built beside ``directory`` and swapped in whole; an existing ``directory`` must
+        hold nothing else (see :func:`check_output_folder`)."""
         d = Path(directory)
-        loading.save_module(self, d, asdict(self.config))
-        if record is not None:
-            (d / "estimator.json").write_text(json.dumps(record, indent=2) + "\n")
+        check_output_folder(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with files.atomic_folder(d) as tmp:
+            loading.save_module(self, tmp, asdict(self.config))
+            if record is not None:
+                files.write_json(tmp / "estimator.json", record)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None) -> FaceEstimator:
@@ -271,10 +278,24 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def check_output_folder(directory: Path) -> None:
+    """An estimator replaces its folder whole, so a folder that holds anything but an estimator's
+    files is refused (InputError) rather than deleted."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise InputError(f"{directory}: exists and is not a folder; the estimator is written to a folder")
+    other = sorted(p.name for p in directory.iterdir() if p.name not in ESTIMATOR_FILES)
+    if other:
+        raise InputError(f"{directory}: holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                         f"the estimator replaces its folder whole: choose an empty or new folder")
+
+
 def train_estimator(data: str | Path, output: str | Path, training: EstimatorTraining | None = None,
                     config: EstimatorConfig | None = None, progress: bool = True) -> dict:
     """Train on ``data``'s train split, measure on its test split (held-out identities), save to
     ``output``. Returns the record written to ``estimator.json``."""
+    check_output_folder(Path(output))  # before the training, not after
     training = training or EstimatorTraining()
     torch.manual_seed(training.seed)
     generator = torch.Generator().manual_seed(training.seed)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mimaface import files
 from mimaface.data.clipstore import ClipRef, list_clips, read_dataset_info
 from mimaface.errors import InputError
 from mimaface.evaluation.estimator import FaceEstimator, FaceReading, estimator_record
@@ -178,10 +179,10 @@ class GeneratedVideos:
     def __init__(self, folder: Path, key: dict) -> None:
         self.folder = folder
         key_file = folder / "key.json"
-        if key_file.is_file() and json.loads(key_file.read_text()) != key:
+        if folder.exists() and _read_json(key_file) != key:  # no key (a kill while discarding): discard too
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(json.dumps(key, indent=1) + "\n")
+        files.write_json(key_file, key, indent=1)
 
     def _path(self, pair: Pair) -> Path:
         return self.folder / f"{pair.mode}_{pair.source.identity}_{pair.source.clip}.npz"
@@ -194,10 +195,16 @@ class GeneratedVideos:
             return GeneratedVideo(f["frames"], f["renders"], f["clip_starts"].tolist())
 
     def save(self, pair: Pair, generated: GeneratedVideo) -> None:
-        partial = self._path(pair).with_suffix(".part.npz")
-        np.savez_compressed(partial, frames=generated.frames, renders=generated.renders,
-                            clip_starts=np.asarray(generated.clip_starts))
-        os.replace(partial, self._path(pair))
+        files.write_npz(self._path(pair), {"frames": generated.frames, "renders": generated.renders,
+                                           "clip_starts": np.asarray(generated.clip_starts)})
+
+
+def _read_json(path: Path):
+    """The JSON value in ``path``; None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def _generation_key(checkpoint: str | Path | None, data: Path, options: EvaluateOptions) -> dict:
@@ -273,17 +280,22 @@ class Evaluator:
 def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path,
              options: EvaluateOptions | None = None, progress: bool = True) -> dict:
     """Run the protocol; write ``metrics.md``/``.json``/``.csv``, per-pair figures and plots to ``output``.
-    Returns the summary (mean of each metric per mode and row)."""
-    options = options or EvaluateOptions()
+    Returns the summary (mean of each metric per mode and row). One process at a time writes a
+    report folder (another gets "OUTPUT is in use by process N"); every file appears whole."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    with files.folder_lock(output):
+        return _evaluate(checkpoint, Path(data), output, options or EvaluateOptions(), progress)
+
+
+def _evaluate(checkpoint: str | Path | None, data: Path, output: Path, options: EvaluateOptions,
+              progress: bool) -> dict:
     engine = Engine.load(choose_engine(options.engine, checkpoint), checkpoint)
     if engine.name == "diffusion":
         engine.pipeline.set_progress_bar_config(disable=True)
     sampling = SamplingOptions(num_inference_steps=options.num_inference_steps, guidance_scale=options.guidance_scale,
                                seed=options.seed, use_ica=options.use_ica)
-    pairs = make_pairs(Path(data), options)
-    evaluator = Evaluator(options, synthtalk=read_dataset_info(Path(data)).get("source") == "synthtalk")
+    pairs = make_pairs(data, options)
+    evaluator = Evaluator(options, synthtalk=read_dataset_info(data).get("source") == "synthtalk")
     if engine.name == "diffusion" and pairs[0].source_frame.shape[0] != engine.pipeline.image_size:
         raise InputError(f"the data set is {pairs[0].source_frame.shape[0]} px, the model {engine.pipeline.image_size} px")
     results: dict[str, dict[str, list[dict]]] = {mode: {} for mode in options.modes}
@@ -291,7 +303,7 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
     reference_features: dict[str, list[np.ndarray]] = {mode: [] for mode in options.modes}
     kept: dict[str, list[np.ndarray]] = {mode: [] for mode in options.modes}  # generated frames, for FID
     clip_starts: list[int] = []
-    videos = GeneratedVideos(output / "generated", _generation_key(checkpoint, Path(data), options))
+    videos = GeneratedVideos(output / "generated", _generation_key(checkpoint, data, options))
     done = sum(pair in videos for pair in pairs)
     if done and progress:
         print(f"{output / 'generated'}: {done} of {len(pairs)} pairs already generated, measuring them again")
@@ -329,9 +341,9 @@ def evaluate(checkpoint: str | Path | None, data: str | Path, output: str | Path
     summary["estimator_held_out"] = evaluator.reader.record.get("held_out", {})
     _write_tables(summary, output)
     _plots(results, clip_starts, output)
-    (output / "per_pair.json").write_text(json.dumps(
-        {mode: {row: [{"pair": m["pair"], **m["scalars"]} for m in items] for row, items in rows.items()}
-         for mode, rows in results.items()}, indent=1) + "\n")
+    files.write_json(output / "per_pair.json",
+                     {mode: {row: [{"pair": m["pair"], **m["scalars"]} for m in items] for row, items in rows.items()}
+                      for mode, rows in results.items()}, indent=1)
     return summary
 
 
@@ -379,12 +391,13 @@ def _write_tables(summary: dict, output: Path) -> None:
             records.append({"mode": mode, "row": row, **values})
         lines.append("")
     lines += _reader_notes(summary)
-    (output / "metrics.md").write_text("\n".join(lines))
-    (output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(output / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["mode", "row", *[k for k, _ in present]])
-        writer.writeheader()
-        writer.writerows(records)
+    files.write_text(output / "metrics.md", "\n".join(lines))
+    files.write_json(output / "metrics.json", summary)
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, ["mode", "row", *[k for k, _ in present]])
+    writer.writeheader()
+    writer.writerows(records)
+    files.write_text(output / "metrics.csv", table_csv.getvalue())
 
 
 def _reader_notes(summary: dict) -> list[str]:
@@ -445,7 +458,8 @@ def _plots(results, clip_starts: list[int], output: Path) -> None:
             ax.set_title(f"{mode}: {key}", fontsize=9)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(output / "distributions.png", dpi=110)
+    with files.atomic_output(output / "distributions.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(len(results), 4, figsize=(14, 2.8 * len(results)), squeeze=False)
@@ -468,5 +482,6 @@ def _plots(results, clip_starts: list[int], output: Path) -> None:
             ax.set_xlabel("frame")
         axes[r, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(output / "over_frames.png", dpi=110)
+    with files.atomic_output(output / "over_frames.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

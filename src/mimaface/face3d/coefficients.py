@@ -32,7 +32,8 @@ Keys of a frame are blendshape names, pose names (``yaw pitch roll tx ty scale``
 keyframes that set it (``"linear"``, or ``"smooth"``: monotone cubic, no overshoot), held
 constant before its first and after its last keyframe, and defaults to neutral (0; ``scale``
 0.8) when never set. Without ``"frame"`` keys, entries are consecutive frames. ``"time"`` (in
-seconds) may be used instead of ``"frame"``.
+seconds) may be used instead of ``"frame"``. :func:`save_motion_json` writes any motion (an
+extracted or retargeted one) as a MOTION.json that reads back as the same coefficients.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from scipy.interpolate import PchipInterpolator
 from mimaface.errors import InputError
 from mimaface.face3d.model import GAZE_NAMES, FaceModel
 from mimaface.face3d.pose import POSE_NAMES
-from mimaface.media import atomic_output
+from mimaface.files import write_npz, write_text
 
 FORMAT_VERSION = 1
 DEFAULT_SCALE = 0.8
@@ -116,8 +117,7 @@ class MotionCoefficients:
         }
         if self.landmarks is not None:
             arrays["landmarks"] = self.landmarks.astype(np.float32)
-        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MotionCoefficients:
@@ -229,3 +229,33 @@ def motion_from_json(path_or_dict: str | os.PathLike | dict, model: FaceModel | 
     size = tuple(int(v) for v in spec.get("image_size", DEFAULT_IMAGE_SIZE))
     return MotionCoefficients(pose, expression, gaze, identity, model.expression_names, model.identity_names,
                               fps=fps, image_size=size)
+
+
+def motion_json_text(spec: dict) -> str:
+    """A MOTION.json object as text with one keyframe per line, so it is easy to read and to diff."""
+    parts = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in spec.items() if key != "frames"]
+    frames = ",\n".join(f"  {json.dumps(entry)}" for entry in spec["frames"])
+    parts.append(f' "frames": [\n{frames}\n ]')
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def save_motion_json(motion: MotionCoefficients, path: str | os.PathLike) -> None:
+    """Write ``motion`` as a MOTION.json (atomically) that :func:`motion_from_json` reads back as the same
+    coefficients (landmarks are not kept): linear, a channel keyed at every frame where it moves, at
+    frame 0 where it holds one value, and left out where that value is its neutral one."""
+    frames = [{"frame": index} for index in range(motion.num_frames)]
+    channels = [*zip(POSE_NAMES, motion.pose.T), *zip(motion.expression_names, motion.expression.T),
+                *zip(GAZE_NAMES, motion.gaze.T)]
+    for name, values in channels:
+        if np.any(values != values[0]):
+            for entry, value in zip(frames, values):
+                entry[name] = float(value)
+        elif values[0] != (DEFAULT_SCALE if name == "scale" else 0.0):
+            frames[0][name] = float(values[0])
+    spec = {"fps": float(motion.fps), "num_frames": motion.num_frames, "interpolation": "linear",
+            "image_size": [int(v) for v in motion.image_size]}
+    identity = {name: float(value) for name, value in zip(motion.identity_names, motion.identity) if value != 0}
+    if identity:
+        spec["identity"] = identity
+    spec["frames"] = [entry for entry in frames if len(entry) > 1] or frames[:1]
+    write_text(path, motion_json_text(spec))

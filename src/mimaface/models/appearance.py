@@ -51,10 +51,11 @@ class AppearanceEncoder(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"source images must be (N, 3, H, W) RGB in [0, 1], got {tuple(images.shape)}")
         size = self.image_size
-        images = images.to(self.image_mean.dtype)
+        # In fp32 whatever the model's dtype: antialiased bicubic resizing has no bf16 kernel on the CPU.
+        images = images.float()
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        return (images - self.image_mean) / self.image_std
+        return (images - self.image_mean.float()) / self.image_std.float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images`` (N, 3, H, W) in [0, 1] -> ``e_tex`` (N, P, C) patch tokens, ``e_id`` (N, C) class token."""

@@ -1,19 +1,22 @@
-"""``mimaface animate``: a portrait + a driving video, image or coefficient file -> a video.
+"""``mimaface animate``: a portrait + a driving video, image, audio or coefficient file -> a video.
 
 Two engines (:mod:`mimaface.pipelines.engines`): the mesh warp (the default without a
 ``--checkpoint``: the bundled diffusion model knows only synthetic faces) and the diffusion model.
 Steps: find, crop and fit the source face; read the driving motion (face3d extraction for media,
-as stored for ``.npz`` / ``MOTION.json``); retarget it onto the source (relative by default);
+as stored for ``.npz`` / ``MOTION.json``, :func:`mimaface.audio.audio_to_motion` for speech: an audio
+file, or a video with ``from_audio``); retarget it onto the source (relative by default);
 then, clip by clip as the pipeline yields them: render I_R with the source's face shape,
 generate (clips joined through ICA), paste the result back into the source picture through a
 face-shaped mask (or keep the crop) and encode, so memory does not grow with the video. The MP4
-has the driving video's frame rate and its audio (padded or cut to exactly the frames made);
+has the driving video's frame rate and its audio, or the driving audio file, or ``audio_track``
+(padded or cut to exactly the frames made);
 optionally PNG frames and a side-by-side video are written in the same pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from mimaface.audio import AudioMotionOptions, audio_to_motion, is_audio_path
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients, load_motion
 from mimaface.face3d.pipeline import ExtractConfig, extract_motion
@@ -38,6 +43,7 @@ from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
 from mimaface.pipelines.pipeline import MIMAFacePipeline, to_uint8
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import SourceFace
+from mimaface.provenance import ProvenanceOptions, Stamp
 
 MOTION_FILES = (".npz", ".json")
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -52,9 +58,22 @@ class AnimateOptions:
     driving_face_index: int | None = None
     max_gap: int = ExtractConfig.max_gap  # driving video: longest faceless run interpolated
     paste: bool = True  # False: write the crops
-    side_by_side: str | None = None  # path of a source | driving | I_R | result video
+    side_by_side: str | None = None  # path of a source | driving | I_R | result video (.mp4; .png: one frame)
     frames_dir: str | None = None  # also write PNG frames here
     fps: float | None = None  # output rate for coefficient-file driving (default: the file's)
+    from_audio: bool = False  # a driving video: its audio track (speech) drives, not its face
+    audio: AudioMotionOptions = field(default_factory=AudioMotionOptions)  # motion made from audio driving
+    audio_track: str | None = None  # the output's sound (default: the driving's, video or audio)
+    provenance: ProvenanceOptions = field(default_factory=ProvenanceOptions)  # watermark and C2PA manifest
+
+
+class Cancelled(Exception):
+    """Raised by an ``on_progress`` hook to stop :func:`animate`; the output is not written."""
+
+
+#: ``on_progress(done, total)``: called as generation advances (see :class:`GenerationProgress`); it may
+#: raise :class:`Cancelled`.
+ProgressHook = Callable[[int, int], None]
 
 
 @dataclass
@@ -62,25 +81,31 @@ class AnimateResult:
     output: Path
     num_frames: int
     num_clips: int
+    motion: MotionCoefficients  # what was animated: the driving retargeted onto the source (its crop's frame)
 
 
 def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: bool) -> MotionCoefficients:
     path = Path(path)
     if path.suffix.lower() in MOTION_FILES:
         return load_motion(path)
+    if options.from_audio or is_audio_path(path):
+        audio = dataclasses.replace(options.audio, fps=options.fps or options.audio.fps)
+        return audio_to_motion(path, audio, progress=progress)
     config = ExtractConfig(face_index=options.driving_face_index, max_gap=options.max_gap)
     return extract_motion(path, config, progress=progress)
 
 
 def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, output: str | os.PathLike,
             options: AnimateOptions | None = None, *, checkpoint: str | os.PathLike | None = None,
-            engine: Engine | None = None, progress: bool = True) -> AnimateResult:
+            engine: Engine | None = None, progress: bool = True,
+            on_progress: ProgressHook | None = None) -> AnimateResult:
     """Run the whole job and write ``output`` (.mp4, or .png for a single driving image).
 
     ``engine``: a loaded engine to reuse (the app's); else ``options.engine`` is loaded (with
     ``checkpoint`` for the diffusion model). The inputs are read and checked before the model is
     loaded, so a bad input fails at once. ``progress``: a status line per phase and progress bars
-    (on stderr)."""
+    (on stderr). ``on_progress``: the same progress as the generation bar's, for a caller (the app);
+    raising :class:`Cancelled` from it stops the job."""
     options = options or AnimateOptions()
     status: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     output = Path(output)
@@ -105,8 +130,9 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
                                    name=str(source_path))
     status(f"reading the driving motion from {driving_path}")
     driving = read_driving(driving_path, options, progress)
-    if suffix in IMAGE_OUT and driving.num_frames != 1:
-        raise InputError(f"{output}: an image output needs a single driving frame; the driving has {driving.num_frames}")
+    for path in (output, options.side_by_side):
+        if path is not None and Path(path).suffix.lower() in IMAGE_OUT and driving.num_frames != 1:
+            raise InputError(f"{path}: an image output needs a single driving frame; the driving has {driving.num_frames}")
     motion = retarget(source.coefficients, driving, options.retarget)
     fps = options.fps or driving.fps
 
@@ -115,20 +141,29 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
                f"loading the model from {checkpoint or 'the bundled tiny model'}")
         engine = Engine.load(name, checkpoint)
     if name == "diffusion":
-        engine.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+        engine.pipeline.set_progress_bar_config(disable=True)  # GenerationProgress has the bar
+    stamp = Stamp.for_job(options.provenance, engine.pipeline, engine=name, source=source_path)
+    sign = stamp.sign if stamp is not None else None  # every file, before it is renamed into place
+    status(f"provenance: watermark (model {stamp.payload.model_hash}) and a C2PA manifest signed with "
+           f"{stamp.signer}" if stamp is not None else "provenance off (--no-watermark): the outputs carry none")
     size = source.crop.shape[0]
     status(f"generating {motion.num_frames} frame(s) at {size} px with the {name} engine")
-    frames = composed_frames(source, engine, engine.clips(source, motion, options.sampling), paste=options.paste)
+    work = GenerationProgress(name, motion.num_frames, on_progress, bar=progress)
+    frames = work.frames(composed_frames(source, engine, engine.clips(source, motion, options.sampling, work.step),
+                                         paste=options.paste, stamp=stamp))
 
     num_clips = 0
     with contextlib.ExitStack() as stack:
+        stack.callback(work.close)
         writer = None
         if suffix not in IMAGE_OUT:
-            audio = driving_path if is_video_path(driving_path) else None  # the writer skips a silent one
-            writer = stack.enter_context(VideoWriter(output, fps, audio_from=audio))
+            audio = options.audio_track or (driving_path if is_video_path(driving_path) or is_audio_path(driving_path)
+                                            else None)  # the writer skips a silent one
+            writer = stack.enter_context(VideoWriter(output, fps, audio_from=audio, finish=sign))
         panels = None
         if options.side_by_side:
-            panels = stack.enter_context(VideoWriter(options.side_by_side, fps))
+            if Path(options.side_by_side).suffix.lower() not in IMAGE_OUT:
+                panels = stack.enter_context(VideoWriter(options.side_by_side, fps, finish=sign))
             driving_frames = _driving_frames(driving_path)
         if options.frames_dir:
             Path(options.frames_dir).mkdir(parents=True, exist_ok=True)
@@ -137,24 +172,70 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
             if writer is not None:
                 writer.write(frame)
             else:
-                write_image(output, frame)
+                write_image(output, frame, finish=sign)
             if options.frames_dir:
-                write_image(Path(options.frames_dir) / f"frame_{index:06d}.png", frame)
-            if panels is not None:
-                panels.write(side_by_side(source.image, next(driving_frames), render, frame))
+                write_image(Path(options.frames_dir) / f"frame_{index:06d}.png", frame, finish=sign)
+            if options.side_by_side:
+                panel = side_by_side(source.image, next(driving_frames), render, frame)
+                panel = stamp.mark(panel) if stamp is not None else panel  # marked as a whole too
+                if panels is not None:
+                    panels.write(panel)
+                else:
+                    write_image(options.side_by_side, panel, finish=sign)
     status(f"wrote {output}")
-    return AnimateResult(output, motion.num_frames, num_clips)
+    return AnimateResult(output, motion.num_frames, num_clips, motion)
 
 
-def composed_frames(source: SourceFace, engine: Engine, clips, *,
-                    paste: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+class GenerationProgress:
+    """One job's progress, for the command line's bar and a caller's hook alike: (done, total) in
+    denoising steps over all clips (clips x steps) for the diffusion engine, reported after every
+    step, and in frames for the warp (it has no steps), reported as each frame is written. Each
+    report is where a hook may raise :class:`Cancelled`."""
+
+    def __init__(self, engine: str, num_frames: int, hook: ProgressHook | None, *, bar: bool) -> None:
+        self.by_steps = engine == "diffusion"
+        self.hook = hook
+        self.done, self.total = 0, None if self.by_steps else num_frames  # steps: known at the first one
+        self.bar = tqdm(total=self.total, desc="denoising" if self.by_steps else "warping",
+                        unit="step" if self.by_steps else "frame", leave=False, disable=not bar)
+
+    def step(self, pipeline: MIMAFacePipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        """The diffusion pipeline's ``callback_on_step_end``."""
+        steps = pipeline.num_timesteps
+        self._report(pipeline.clip_index * steps + step + 1, pipeline.num_clips * steps)
+        return callback_kwargs
+
+    def frames(self, frames: Iterator) -> Iterator:
+        """``frames`` passed through, each counted once the consumer comes back for the next (it is written)."""
+        for count, item in enumerate(frames, 1):
+            yield item
+            if not self.by_steps:
+                self._report(count, self.total)
+        if self.total is not None and self.done < self.total:  # batched independent clips report by group
+            self._report(self.total, self.total)
+
+    def _report(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        if self.hook is not None:
+            self.hook(done, total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def composed_frames(source: SourceFace, engine: Engine, clips, *, paste: bool = True,
+                    stamp: Stamp | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """(frame to write, its I_R, clip index) for every frame the engine yields: pasted into the source
-    picture through the engine's mask (colour-matched once) or the crops."""
+    picture through the engine's mask (colour-matched once) or the crops, and watermarked by ``stamp``
+    (None: --no-watermark)."""
     paste_back = (PasteBack(source.image, source.box, source.crop, engine.source_silhouette(source),
                             match_colour=engine.name != "warp") if paste else None)
     for clip in clips:
         for crop, render in zip(to_uint8(clip.frames), clip.renders):
-            yield (paste_back(crop, engine.frame_silhouette(render)) if paste_back else crop), render, clip.clip_index
+            frame = paste_back(crop, engine.frame_silhouette(render)) if paste_back else crop
+            yield (stamp.mark(frame) if stamp is not None else frame), render, clip.clip_index
 
 
 def _driving_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
@@ -164,7 +245,7 @@ def _driving_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     if is_video_path(path):
         for frame in iter_video_frames(path):
             yield frame
-    elif Path(path).suffix.lower() not in MOTION_FILES:
+    elif Path(path).suffix.lower() not in MOTION_FILES and not is_audio_path(path):
         frame = load_image(path)
     while True:
         yield frame

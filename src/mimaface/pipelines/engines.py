@@ -14,7 +14,7 @@ Both stream :class:`~mimaface.pipelines.pipeline.GeneratedClip` objects.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,9 +56,11 @@ class Engine:
 
         return cls(name, MIMAFacePipeline.from_pretrained(checkpoint))
 
-    def clips(self, source: SourceFace, motion: MotionCoefficients, sampling: SamplingOptions) -> Iterator:
-        """The frames of ``source`` performing ``motion`` (retargeted into its crop), clip by clip."""
-        kwargs = sampling.pipeline_kwargs()
+    def clips(self, source: SourceFace, motion: MotionCoefficients, sampling: SamplingOptions,
+              step_callback: Callable | None = None) -> Iterator:
+        """The frames of ``source`` performing ``motion`` (retargeted into its crop), clip by clip.
+        ``step_callback``: the diffusion pipeline's ``callback_on_step_end`` (the warp has no steps)."""
+        kwargs = sampling.pipeline_kwargs() | {"callback_on_step_end": step_callback}
         if self.name == "warp":
             kwargs = {k: v for k, v in kwargs.items() if v is not None}  # clip_length None: the warp's own chunks
             return self.pipeline.generate_clips(source.crop, motion, source_coefficients=source.coefficients, **kwargs)

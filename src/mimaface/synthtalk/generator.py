@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mimaface import files
 from mimaface.data.clipstore import (
     clip_exists,
     read_dataset_info,
@@ -179,8 +180,6 @@ def _write_identity(task: tuple[str, dict, int, str, list[int]]) -> list[tuple[i
         ident = make_identity(config, index, model)
         renderer = SceneRenderer(ident, config.size, model)
         for clip in clips:
-            if clip_exists(Path(root), split, identity_name(index), clip_name(clip)):
-                continue  # written meanwhile by another run
             frames, renders, motion = render_clip(config, ident, clip, model=model, renderer=renderer)
             info = {"split": split, "mode": motion.extra["mode"], "source": SOURCE, "seed": config.seed,
                     "identity_index": index, "clip_index": clip, "appearance": ident.summary()}
@@ -207,47 +206,49 @@ def generate_dataset(output: str | Path, config: SynthConfig, *, progress: bool 
     """Write (or finish writing) a SynthTalk data set under ``output``; returns counts.
 
     Clips that exist are skipped, so an interrupted run resumes where it stopped; each clip
-    appears atomically (see :func:`mimaface.data.clipstore.write_clip`).
+    appears atomically (see :func:`mimaface.data.clipstore.write_clip`). One process at a time
+    writes a folder: another gets "OUTPUT is in use by process N" (InputError).
     """
     config.validate()
     root = Path(output)
-    _check_existing(root, config)
-    write_dataset_info(root, {"source": SOURCE, "size": config.size, "fps": config.fps, "seed": config.seed,
-                              "config": config.recipe()})
-    held_out = held_out_identities(config)
-    tasks, skipped = [], 0
-    for index in range(config.identities):
-        split = split_of(config, index, held_out)
-        missing = [k for k in range(config.clips_per_identity)
-                   if not clip_exists(root, split, identity_name(index), clip_name(k))]
-        skipped += config.clips_per_identity - len(missing)
-        if missing:
-            tasks.append((str(root), config.recipe(), index, split, missing))
-    total = sum(len(t[-1]) for t in tasks)
-    workers = min(config.workers or os.cpu_count() or 1, max(1, len(tasks)))
-    start = time.perf_counter()
-    written = frames = 0
-    bar = tqdm(total=total, desc="synthtalk", unit="clip", disable=not progress or total == 0)
-    try:
-        if workers <= 1:
-            results = map(_write_identity, tasks)
-            pool = None
-        else:
-            # fork: workers start at once and share the loaded face model; each uses one thread.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(workers)
-            results = pool.imap_unordered(_write_identity, tasks)
+    with files.folder_lock(root):  # one writer: two runs would write the same clips
+        _check_existing(root, config)
+        write_dataset_info(root, {"source": SOURCE, "size": config.size, "fps": config.fps, "seed": config.seed,
+                                  "config": config.recipe()})
+        held_out = held_out_identities(config)
+        tasks, skipped = [], 0
+        for index in range(config.identities):
+            split = split_of(config, index, held_out)
+            missing = [k for k in range(config.clips_per_identity)
+                       if not clip_exists(root, split, identity_name(index), clip_name(k))]
+            skipped += config.clips_per_identity - len(missing)
+            if missing:
+                tasks.append((str(root), config.recipe(), index, split, missing))
+        total = sum(len(t[-1]) for t in tasks)
+        workers = min(config.workers or os.cpu_count() or 1, max(1, len(tasks)))
+        start = time.perf_counter()
+        written = frames = 0
+        bar = tqdm(total=total, desc="synthtalk", unit="clip", disable=not progress or total == 0)
         try:
-            for done in results:
-                written += len(done)
-                frames += sum(n for _, n in done)
-                bar.update(len(done))
+            if workers <= 1:
+                results = map(_write_identity, tasks)
+                pool = None
+            else:
+                # fork: workers start at once and share the loaded face model; each uses one thread.
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+                pool = multiprocessing.get_context(method).Pool(workers)
+                results = pool.imap_unordered(_write_identity, tasks)
+            try:
+                for done in results:
+                    written += len(done)
+                    frames += sum(n for _, n in done)
+                    bar.update(len(done))
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                    pool.join()
         finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-    finally:
-        bar.close()
+            bar.close()
     seconds = time.perf_counter() - start
     return {"written": written, "skipped": skipped, "clips": config.identities * config.clips_per_identity,
             "frames_written": frames, "identities": config.identities,

@@ -20,6 +20,7 @@ from mimaface.errors import InputError
 from mimaface.pipelines.options import SamplingOptions
 
 STAGES = ("vae", "1", "2")
+OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
 
 
 @dataclass
@@ -66,7 +67,10 @@ class StageSection:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (GPU)
+    # adamw: torch's AdamW (8 bytes of state per trained parameter); adamw_8bit: bitsandbytes' AdamW8bit (2 bytes;
+    # runs on CPUs too with bitsandbytes 0.50); adafactor: transformers' Adafactor with this fixed learning rate,
+    # factored second moments and no first moment (a few MB in all), as SD fine-tuning scripts set it up.
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = "adamw"
     use_ema: bool = False
     ema_decay: float = 0.999
     gradient_checkpointing: bool = False
@@ -162,6 +166,8 @@ def _merge(config: TrainConfig, data: dict[str, Any], where: str, base: Path) ->
 def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
     """YAML reads ``1e-5`` as a string and ``3.0`` as a float: give numeric fields their type."""
     hint = typing.get_type_hints(cls)[key]
+    if value is False and typing.get_origin(hint) is Literal and "no" in typing.get_args(hint):
+        return "no"  # YAML reads an unquoted no (mixed_precision=no) as false
     types = set(typing.get_args(hint)) or {hint}
     if isinstance(value, str) and float in types:
         try:
@@ -188,6 +194,8 @@ def _validate(config: TrainConfig) -> None:
             raise InputError(f"{name}: steps, batch_size and gradient_accumulation must be at least 1")
         if s.prediction_type not in ("epsilon", "v_prediction"):
             raise InputError(f"{name}.prediction_type must be epsilon or v_prediction, got {s.prediction_type!r}")
+        if s.optimizer not in OPTIMIZERS:
+            raise InputError(f"{name}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}")
     if config.checkpointing_steps < 1 or config.validation_steps < 1 or config.log_steps < 1:
         raise InputError("checkpointing_steps, validation_steps and log_steps must be at least 1")
     if config.keep_checkpoints < 1:

@@ -8,7 +8,8 @@ stages 1 and 2 read these instead (``data.cache_latents: true``). Layout::
     CACHE/SPLIT/IDENTITY/CLIP/render_latents.npy  (T, C, h, w) float16
 
 The posterior mean is stored (the tiny VAE's posterior is narrow). Clips are written under a
-temporary name and renamed, so an interrupted build resumes where it stopped.
+temporary name and renamed, so an interrupted build resumes where it stopped; one process at a
+time builds a cache (another gets "CACHE is in use by process N").
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mimaface import files
 from mimaface.data.clipstore import ClipRef
 from mimaface.errors import InputError
 
@@ -76,31 +78,34 @@ def build_latent_cache(vae: torch.nn.Module, dataset, directory: str | os.PathLi
     fingerprint = vae_fingerprint(vae)
     info = {"vae": fingerprint, "size": dataset.size, "data": str(dataset.root)}
     info_path = directory / "info.json"
-    if info_path.is_file():
-        old = json.loads(info_path.read_text())
-        if old != info:
-            raise InputError(f"latent cache '{directory}' was built for {old}, not {info}: delete it or set "
-                             f"data.latent_cache to another folder")
-    else:
-        directory.mkdir(parents=True, exist_ok=True)
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
-    todo = [(i, ref) for i, ref in enumerate(dataset.clips)
-            if not (directory / ref.split / ref.identity / ref.clip).is_dir()]
-    bar = tqdm(todo, desc=f"caching latents ({dataset.split})", unit="clip", disable=not progress or not todo)
-    for clip_index, ref in bar:
-        frames, renders = dataset._clip_arrays(clip_index)
-        stored = int(dataset.stored_sizes[clip_index])
-        outputs = []
-        for array, convert in ((frames, dataset._images), (renders, dataset._renders)):
-            chunks = [encode_images(vae, _rgb(convert(array[s:s + batch_size], stored)))
-                      for s in range(0, len(array), batch_size)]
-            outputs.append(torch.cat(chunks).cpu().numpy().astype(np.float16))
-        final = directory / ref.split / ref.identity / ref.clip
-        partial = final.with_name(f".{ref.clip}.part")
-        partial.mkdir(parents=True, exist_ok=True)
-        np.save(partial / "latents.npy", outputs[0])
-        np.save(partial / "render_latents.npy", outputs[1])
-        os.replace(partial, final)
+    with files.folder_lock(directory):  # one builder; readers only ever see whole clips
+        if info_path.is_file():
+            try:
+                old = json.loads(info_path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise InputError(f"{info_path}: unreadable ({exc}); delete the cache folder to rebuild it") from None
+            if old != info:
+                raise InputError(f"latent cache '{directory}' was built for {old}, not {info}: delete it or set "
+                                 f"data.latent_cache to another folder")
+        else:
+            files.write_json(info_path, info)
+        todo = [(i, ref) for i, ref in enumerate(dataset.clips)
+                if not (directory / ref.split / ref.identity / ref.clip).is_dir()]
+        bar = tqdm(todo, desc=f"caching latents ({dataset.split})", unit="clip", disable=not progress or not todo)
+        for clip_index, ref in bar:
+            frames, renders = dataset._clip_arrays(clip_index)
+            stored = int(dataset.stored_sizes[clip_index])
+            outputs = []
+            for array, convert in ((frames, dataset._images), (renders, dataset._renders)):
+                chunks = [encode_images(vae, _rgb(convert(array[s:s + batch_size], stored)))
+                          for s in range(0, len(array), batch_size)]
+                outputs.append(torch.cat(chunks).cpu().numpy().astype(np.float16))
+            final = directory / ref.split / ref.identity / ref.clip
+            partial = final.with_name(f".{ref.clip}.part")
+            partial.mkdir(parents=True, exist_ok=True)
+            np.save(partial / "latents.npy", outputs[0])
+            np.save(partial / "render_latents.npy", outputs[1])
+            files.replace_folder(partial, final)
     return LatentCache(directory)
 
 

@@ -3,9 +3,9 @@
 Run directory::
 
     RUN/config.yaml, RUN/command.txt     the resolved config and the command that started the run
-    RUN/checkpoints/checkpoint-000500/   Accelerate state (model.safetensors, optimizer, LR scheduler, RNG
-                                         of every process) + trainer_state.json (step, data position, loss
-                                         history) + the task's extra state (identity memory bank, EMA)
+    RUN/checkpoints/checkpoint-000500/   model, optimizer and LR scheduler (Accelerate), every process's RNG
+                                         streams, the identity memory bank and EMA, trainer_state.json (step,
+                                         data position, loss history): see training/checkpoints.py
     RUN/logs/                            TensorBoard scalars
     RUN/validation/step-000500.png       validation grids on held-out identities
     RUN/loss_curve.png, RUN/summary.json written at the end
@@ -15,21 +15,21 @@ Run directory::
 A checkpoint is written under a hidden name and renamed when complete, so killing the run at
 any moment leaves the last good checkpoint intact; ``resume=True`` continues from the newest one
 with the same optimizer, LR scheduler, RNG streams and data position (bit-identical to a run that
-was never interrupted, on the same hardware).
+was never interrupted, on the same hardware). Nothing in a run folder is unpickled. One process
+at a time writes a run folder (another gets "RUN is in use by process N"); every file in it
+appears whole (``final/`` is replaced, never deleted first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -37,59 +37,27 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mimaface import files
 from mimaface.errors import InputError
-from mimaface.training.config import STAGES, TrainConfig
 from mimaface.figures import loss_curve
+from mimaface.training.checkpoints import (
+    STATE_FILE,
+    TrainerState,
+    checkpoints,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    together,
+)
+from mimaface.training.config import STAGES, StageSection, TrainConfig
 from mimaface.training.sampler import ResumableShardSampler
 from mimaface.training.tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
-
-
-@dataclass
-class TrainerState:
-    """Where training is: optimizer steps done, data position, logged losses."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # micro-batches of the current epoch already consumed
-    history: dict[str, list[list[float]]] = field(default_factory=dict)
-    seconds: float = 0.0  # training time before this process started (resumed runs)
-
-
-class _ExtraState:
-    """Task state outside the module's state dict (the identity memory bank) and EMA weights,
-    in the form ``Accelerator.register_for_checkpointing`` takes."""
-
-    def __init__(self, task: Task, ema: EMAModel | None) -> None:
-        self.task, self.ema = task, ema
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {k: v.detach().cpu().clone() for k, v in self.task.checkpoint_state().items()}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.task.load_checkpoint_state({k: v for k, v in state.items() if k != "ema"})
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def parameter_digest(module: torch.nn.Module) -> str:
@@ -111,6 +79,8 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
     if stage not in STAGES:
         raise InputError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     run_dir = Path(output_dir)
+    if resume and not run_dir.is_dir():
+        raise InputError(f"--resume: '{run_dir}' does not exist")
     section = config.stage(stage)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -123,20 +93,34 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
         log_with=None if config.log_with == "none" else config.log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
+    with contextlib.ExitStack() as held:
+        with together(accelerator):
+            if accelerator.is_main_process:
+                held.enter_context(files.folder_lock(run_dir))  # the whole run: one writer per run folder
+                _start_run_folder(run_dir, stage, config, resume, command)
+        return _train(accelerator, config, stage, section, run_dir, resume=resume, stop_after=stop_after,
+                      progress=progress)
+
+
+def _start_run_folder(run_dir: Path, stage: str, config: TrainConfig, resume: bool, command: str | None) -> None:
+    """Check the run folder against ``resume``; write the resolved config and append the command."""
     existing = checkpoints(run_dir)
-    if accelerator.is_main_process:
-        if existing and not resume:
-            raise InputError(f"'{run_dir}' already holds checkpoints of a run: pass --resume to continue it, or "
-                             f"choose another --output")
-        if resume and not existing:
-            raise InputError(f"--resume: '{run_dir}' has no complete checkpoint to resume from")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "validation").mkdir(exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({"stage": stage, **config.to_dict()}, sort_keys=False))
-        if command:
-            with open(run_dir / "command.txt", "a") as f:
-                f.write(command + "\n")
-    accelerator.wait_for_everyone()
+    if existing and not resume:
+        raise InputError(f"'{run_dir}' already holds checkpoints of a run: pass --resume to continue it, or "
+                         f"choose another --output")
+    if resume and not existing:
+        raise InputError(f"--resume: '{run_dir}' has no complete checkpoint to resume from")
+    if resume:
+        read_checkpoint(existing[-1])  # a crafted checkpoint is refused before the model is built
+    (run_dir / "validation").mkdir(exist_ok=True)
+    files.write_text(run_dir / "config.yaml", yaml.safe_dump({"stage": stage, **config.to_dict()}, sort_keys=False))
+    if command:
+        log = run_dir / "command.txt"
+        files.write_text(log, (log.read_text() if log.is_file() else "") + command + "\n")
+
+
+def _train(accelerator: Accelerator, config: TrainConfig, stage: str, section: StageSection, run_dir: Path, *,
+           resume: bool, stop_after: int | None, progress: bool) -> Path:
     set_seed(config.seed, device_specific=True)
 
     # The main process builds the latent cache first; the others then read it.
@@ -152,19 +136,21 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
                                  num_training_steps=section.steps * accelerator.num_processes)
     ema = EMAModel(params, decay=section.ema_decay) if section.use_ema else None
     objective, optimizer, lr_scheduler = accelerator.prepare(objective, optimizer, lr_scheduler)
-    accelerator.register_for_checkpointing(_ExtraState(task, ema))
+    sampler = ResumableShardSampler(len(task.dataset), section.batch_size, seed=config.seed,
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes)
 
     state = TrainerState()
     if resume:
         latest = checkpoints(run_dir)[-1]
-        accelerator.load_state(str(latest))
-        state = TrainerState(**json.loads((latest / STATE_FILE).read_text()))
+        state, task_state = load_checkpoint(accelerator, latest, task.checkpoint_state(), ema)
+        if state.batch > sampler.batches_per_epoch:
+            raise InputError(f"{latest / STATE_FILE}: batch {state.batch} is beyond an epoch of "
+                             f"{sampler.batches_per_epoch} batches (were the data or the batch size changed?)")
+        task.load_checkpoint_state(task_state)
         accelerator.print(f"resuming from {latest} (step {state.step})")
     if config.log_with != "none":
         accelerator.init_trackers(f"stage-{stage}")
 
-    sampler = ResumableShardSampler(len(task.dataset), section.batch_size, seed=config.seed,
-                                    rank=accelerator.process_index, world_size=accelerator.num_processes)
     bar = tqdm(total=section.steps, initial=state.step, desc=f"stage {stage}", unit="step",
                disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
     started, steps_here = time.monotonic(), 0
@@ -205,7 +191,8 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
             if state.step % config.checkpointing_steps == 0 or done:
                 state.seconds += time.monotonic() - started
                 started = time.monotonic()
-                _save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
+                save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, task.checkpoint_state(),
+                                ema)
             if accelerator.is_main_process and (state.step % config.validation_steps == 0 or state.step == section.steps):
                 task.validate(accelerator.unwrap_model(objective), run_dir / "validation" / f"step-{state.step:06d}.png")
             if done:
@@ -222,11 +209,13 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
         module = accelerator.unwrap_model(objective)
         if ema is not None:
             ema.copy_to(params)
-        partial = run_dir / ".final.part"
-        shutil.rmtree(partial, ignore_errors=True)
-        task.export(module, partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        for stale in run_dir.glob(f".{final.name}.*.part"):  # a killed run's (the run folder is ours: locked)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            with files.atomic_folder(final) as partial:  # the old final/ stays until the new one is complete
+                task.export(module, partial)
+        except (OSError, SafetensorError) as exc:
+            raise files.write_error(final, exc) from exc
         loss_curve(state.history, run_dir / "loss_curve.png", f"stage {stage}: {run_dir.name}")
         summary = {"stage": stage, "steps": state.step, "processes": accelerator.num_processes,
                    "batch_size_per_process": section.batch_size,
@@ -235,21 +224,27 @@ def train(config: TrainConfig, stage: str, output_dir: str | os.PathLike, *, res
                    "mixed_precision": config.mixed_precision, "torch_threads": torch.get_num_threads(),
                    "final_losses": {k: v[-1][1] for k, v in state.history.items() if v},
                    "parameter_digest_per_process": digests}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        files.write_json(run_dir / "summary.json", summary)
         accelerator.print(f"wrote {final} ({state.step} steps, {state.seconds / 60:.1f} min)")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
 
 
-def _optimizer(params: list[torch.nn.Parameter], section) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], section: StageSection) -> torch.optim.Optimizer:
+    """The stage's ``optimizer`` (see :class:`StageSection`) over ``params``."""
+    if section.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=section.learning_rate, weight_decay=section.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
     kwargs = {"lr": section.learning_rate, "betas": (section.adam_beta1, section.adam_beta2),
               "weight_decay": section.weight_decay}
-    if section.use_8bit_adam:
+    if section.optimizer == "adamw_8bit":
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise InputError("use_8bit_adam needs bitsandbytes (pip install bitsandbytes; CUDA GPUs)") from None
+            raise InputError("optimizer adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
@@ -271,23 +266,3 @@ def _log(accelerator: Accelerator, state: TrainerState, running: dict[str, list[
     if not all(math.isfinite(v) for v in means.values()):
         raise FloatingPointError(f"the loss became {means} at step {state.step}; lower the learning rate, or "
                                  f"resume from the last checkpoint with other settings")
-
-
-def _save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    name = f"{CHECKPOINT_PREFIX}{state.step:06d}"
-    partial = folder / f".{name}.part"
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps(state.__dict__) + "\n")
-        final = folder / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)  # the checkpoint exists under its name only when complete
-        for old in checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
