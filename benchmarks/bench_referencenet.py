@@ -71,7 +71,7 @@ def measure(design: str, phase: str, scale: str, size: int, steps: int, device: 
     from mimaface.training.config import StageSection
     from mimaface.training.objectives import DenoisingObjective
     from mimaface.training.tasks import SD15_NOISE_SCHEDULE
-    from mimaface.training.trainer import _optimizer
+    from mimaface.training.trainer import build_optimizer
 
     cuda = device.type == "cuda"
     train = phase == "train"
@@ -143,7 +143,7 @@ def measure(design: str, phase: str, scale: str, size: int, steps: int, device: 
                 noisy = scheduler.add_noise(latents, noise, timesteps)
                 return F.mse_loss(model(noisy, timesteps, render, source_latents, source).float(), noise.float())
         model.enable_gradient_checkpointing()
-        optimizer = _optimizer(params, StageSection(learning_rate=1e-5, optimizer="adamw" if cuda else "adafactor"))
+        optimizer = build_optimizer(params, StageSection(learning_rate=1e-5, optimizer="adamw" if cuda else "adafactor"))
 
         def step() -> None:
             with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):

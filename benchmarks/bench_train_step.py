@@ -29,7 +29,7 @@ from mimaface.models import MIMAFaceConfig, MIMAFaceModel
 from mimaface.training.config import OPTIMIZERS, StageSection
 from mimaface.training.objectives import DenoisingObjective
 from mimaface.training.tasks import SD15_NOISE_SCHEDULE
-from mimaface.training.trainer import _optimizer
+from mimaface.training.trainer import build_optimizer
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -40,7 +40,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def step_times(objective: DenoisingObjective, params: list, inputs: dict, steps: int, device: torch.device,
                dtype: torch.dtype | None, optimizer_name: str) -> list[float]:
-    optimizer = _optimizer(params, StageSection(learning_rate=1e-5, optimizer=optimizer_name))
+    optimizer = build_optimizer(params, StageSection(learning_rate=1e-5, optimizer=optimizer_name))
     times = []
     for _ in range(steps + 1):
         if device.type == "cuda":

@@ -11,7 +11,7 @@ from torch import nn
 
 from mimaface.errors import InputError
 from mimaface.training.config import StageSection, load_config
-from mimaface.training.trainer import _optimizer
+from mimaface.training.trainer import build_optimizer
 
 
 def _model() -> nn.Module:
@@ -31,12 +31,12 @@ def test_optimizer_state_resumes_exactly_from_a_weights_only_file(name: str) -> 
     """What a checkpoint does with the optimizer (torch zip, read back with weights_only=True)."""
     section = StageSection(optimizer=name, learning_rate=1e-2)
     model = _model()
-    optimizer = _optimizer(list(model.parameters()), section)
+    optimizer = build_optimizer(list(model.parameters()), section)
     _step(model, optimizer, 0)
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     resumed = copy.deepcopy(model)
-    resumed_optimizer = _optimizer(list(resumed.parameters()), section)
+    resumed_optimizer = build_optimizer(list(resumed.parameters()), section)
     resumed_optimizer.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     for seed in (1, 2):
         _step(model, optimizer, seed)
@@ -49,7 +49,7 @@ def test_adafactor_takes_the_learning_rate_as_given() -> None:
     """No relative step or parameter scaling: the first update of a parameter is lr times the gradient's
     sign (its second moment is the squared gradient itself, and the update's RMS is 1)."""
     p = nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    optimizer = _optimizer([p], StageSection(optimizer="adafactor", learning_rate=1e-3))
+    optimizer = build_optimizer([p], StageSection(optimizer="adafactor", learning_rate=1e-3))
     p.grad = torch.tensor([0.5, -4.0, 2.0])
     optimizer.step()
     torch.testing.assert_close(p.detach(), torch.tensor([1.0 - 1e-3, -2.0 + 1e-3, 3.0 - 1e-3]))

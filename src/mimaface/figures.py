@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mimaface.media import atomic_output
+from mimaface.files import atomic_output
 
 _PAD = 2
 _LABEL = 14

@@ -31,10 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mimaface.errors import InputError
-from mimaface.errors import one_line as _one_line
-from mimaface.files import atomic_output, replace_file
-from mimaface.files import create_temp as _create_temp
+from mimaface.errors import InputError, one_line
+from mimaface.files import atomic_output, create_temp, replace_file
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ts", ".mts", ".gif"})
@@ -77,7 +75,7 @@ def load_image(path_or_array) -> np.ndarray:
     except InputError:
         raise
     except Exception:
-        raise InputError(f"{path}: not a readable image ({_one_line(pil_error)})") from pil_error
+        raise InputError(f"{path}: not a readable image ({one_line(pil_error)})") from pil_error
 
 
 def to_rgb8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -165,7 +163,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, finish: Callable[
             if finish is not None:
                 finish(tmp)
     except OSError as err:
-        raise InputError(f"{path}: could not write the image ({_one_line(err)})") from err
+        raise InputError(f"{path}: could not write the image ({one_line(err)})") from err
 
 
 # --------------------------------------------------------------------------------------- videos
@@ -350,7 +348,7 @@ class VideoWriter:
 
         self._shape = shape
         height, width = shape[:2]
-        self._tmp = _create_temp(self.path)
+        self._tmp = create_temp(self.path)
         rate = Fraction(self.fps).limit_denominator(1001)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + width % 2}x{height + height % 2}",
@@ -368,7 +366,7 @@ class VideoWriter:
         returncode = process.wait()
         if returncode != 0:
             self._log.seek(0)
-            reason = _one_line(self._log.read().decode("utf-8", "replace")) or f"ffmpeg exit status {returncode}"
+            reason = one_line(self._log.read().decode("utf-8", "replace")) or f"ffmpeg exit status {returncode}"
             raise InputError(f"{self.path}: could not write the video ({reason})")
 
     def _mux_audio(self) -> None:
@@ -376,7 +374,7 @@ class VideoWriter:
         import imageio_ffmpeg
 
         duration = Fraction(self.frames_written) / Fraction(self.fps).limit_denominator(1001)
-        muxed = _create_temp(self.path)
+        muxed = create_temp(self.path)
         try:
             # "1:a:0?": the audio track when there is one.
             cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error", "-i", str(self._tmp),
@@ -386,7 +384,7 @@ class VideoWriter:
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise InputError(f"{self.path}: could not add the audio of {self.audio} "
-                                 f"({_one_line(result.stderr) or f'ffmpeg exit status {result.returncode}'})")
+                                 f"({one_line(result.stderr) or f'ffmpeg exit status {result.returncode}'})")
             os.replace(muxed, self._tmp)
         except BaseException:
             muxed.unlink(missing_ok=True)
@@ -446,4 +444,4 @@ def _ffmpeg_reason(err: Exception) -> str:
         for line in reversed(lines):
             if not line.lower().startswith(("ffmpeg version", "built with", "configuration", "lib", "...")):
                 return line
-    return _one_line(text) or type(err).__name__
+    return one_line(text) or type(err).__name__

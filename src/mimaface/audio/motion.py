@@ -44,7 +44,7 @@ from mimaface.errors import InputError
 from mimaface.face3d.coefficients import DEFAULT_SCALE, MotionCoefficients, load_motion
 from mimaface.face3d.model import GAZE_NAMES, FaceModel
 from mimaface.face3d.pose import POSE_NAMES
-from mimaface.media import atomic_output
+from mimaface.files import atomic_output
 
 LIP_SYNC_MODES = ("phones", "loudness")
 BROWS = ("browInnerUp", "browOuterUpLeft", "browOuterUpRight")

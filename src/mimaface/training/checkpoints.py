@@ -10,11 +10,11 @@
         training_state.safetensors     the task's own state (identity memory bank) and the EMA weights
         trainer_state.json             :class:`TrainerState`: step, data position, loss history
 
-**Nothing from a run folder is unpickled.** Accelerate pickles two kinds of state: objects
-registered with ``register_for_checkpointing`` (``custom_checkpoint_N.pkl``, read back with
-``weights_only=False``: any code in it runs) and its RNG streams (``random_states_R.pkl``). No
-object is registered here and the RNG file is deleted once our own is written, so a checkpoint
-holds no pickle. The optimizer and scheduler files are torch zip files that Accelerate reads with
+**Nothing from a run folder is unpickled.** What this module avoids: Accelerate on its own would
+pickle two kinds of state, objects registered with ``register_for_checkpointing`` (its
+``custom_checkpoint_N.pkl``, which Accelerate reads back unrestricted, so code in it would run)
+and its RNG streams (``random_states_R.pkl``). No object is registered here and the RNG file is
+deleted once our own is written, so a checkpoint holds no pickle, and one that does is refused. The optimizer and scheduler files are torch zip files that Accelerate reads with
 ``torch.load(weights_only=True)`` (accelerate 1.15: ``accelerate.utils.load``; tensors and plain
 containers only). Before anything is loaded, every file of the checkpoint is checked: a ``.pkl``
 is refused, and every file that is neither JSON nor safetensors must load with

@@ -130,7 +130,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, stage: str, section: S
             task.setup_latents()
     objective = task.objective
     params = task.trainable_parameters()
-    optimizer = _optimizer(params, section)
+    optimizer = build_optimizer(params, section)
     lr_scheduler = get_scheduler(section.lr_scheduler, optimizer,
                                  num_warmup_steps=section.warmup_steps * accelerator.num_processes,
                                  num_training_steps=section.steps * accelerator.num_processes)
@@ -231,7 +231,7 @@ def _train(accelerator: Accelerator, config: TrainConfig, stage: str, section: S
     return final
 
 
-def _optimizer(params: list[torch.nn.Parameter], section: StageSection) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter], section: StageSection) -> torch.optim.Optimizer:
     """The stage's ``optimizer`` (see :class:`StageSection`) over ``params``."""
     if section.optimizer == "adafactor":
         from transformers.optimization import Adafactor
