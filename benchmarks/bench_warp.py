@@ -8,7 +8,9 @@ onto it and repeated to ``--frames`` frames. Two figures per crop size:
   ``generate_clips`` yields them), I_R included: target mesh, rasterisation, map, ``grid_sample``,
   irises and mouths;
 * **+ H.264**: the same frames turned to uint8 and encoded by ``mimaface.media.VideoWriter``
-  (libx264, ``--preset``, as ``mimaface animate`` writes them), the file finished.
+  (libx264, ``--preset``, as ``mimaface animate`` writes them), the file finished;
+* **+ mark + H.264**: the same with the invisible watermark in every frame, as ``animate`` does by
+  default (``mimaface.provenance``; the C2PA signature, once per file, is not counted).
 
 The per-source work (warp mesh, landmark detection, eye and mouth textures) is done before the
 clock starts; each figure is the best of ``--rounds`` rounds.
@@ -37,6 +39,8 @@ from mimaface.media import VIDEO_PRESET, VideoWriter
 from mimaface.pipelines.pipeline import to_uint8
 from mimaface.pipelines.retarget import retarget
 from mimaface.pipelines.source import prepare_source
+from mimaface.provenance import ProvenanceOptions
+from mimaface.provenance.watermark import Payload, Watermarker
 from mimaface.warp import MeshWarpPipeline, WarpConfig
 
 
@@ -70,7 +74,8 @@ def main() -> None:
                    else f"{platform.machine()}, {os.cpu_count()} cores visible")
     print(f"{args.frames} frames of talk.json on the astronaut, {args.device} ({device_name}), "
           f"{args.threads} torch thread(s), batch {args.batch_size}, libx264 preset {args.preset}")
-    print(f"{'size':>6} {'warp (frames/s)':>16} {'+ H.264 (frames/s)':>19}")
+    print(f"{'size':>6} {'warp (frames/s)':>16} {'+ H.264 (frames/s)':>19} {'+ mark + H.264 (frames/s)':>26}")
+    watermarker = Watermarker(Payload.for_model("0" * 64), ProvenanceOptions().psnr_db)
     for size in args.sizes:
         crop = np.asarray(PIL.Image.fromarray(source.crop).resize((size, size), PIL.Image.BICUBIC))
 
@@ -80,21 +85,25 @@ def main() -> None:
 
         for _ in pipe.generate_clips(crop, motion.select([0]), source_coefficients=source.coefficients):
             pass  # the per-source work, and warm-up
-        warp = encoded = 0.0
+        def encode(mark) -> float:
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                with VideoWriter(Path(folder) / "warp.mp4", motion.fps, preset=args.preset) as writer:
+                    for clip in frames():
+                        for frame in to_uint8(clip.frames):
+                            writer.write(mark(frame))
+                return args.frames / (time.perf_counter() - start)
+
+        warp = encoded = marked = 0.0
         for _ in range(args.rounds):
             synchronize(args.device)
             start = time.perf_counter()
             for clip in frames():
                 synchronize(args.device)
             warp = max(warp, args.frames / (time.perf_counter() - start))
-            with tempfile.TemporaryDirectory() as folder:
-                start = time.perf_counter()
-                with VideoWriter(Path(folder) / "warp.mp4", motion.fps, preset=args.preset) as writer:
-                    for clip in frames():
-                        for frame in to_uint8(clip.frames):
-                            writer.write(frame)
-                encoded = max(encoded, args.frames / (time.perf_counter() - start))
-        print(f"{size:>6} {warp:>16.1f} {encoded:>19.1f}")
+            encoded = max(encoded, encode(lambda frame: frame))
+            marked = max(marked, encode(watermarker.mark))
+        print(f"{size:>6} {warp:>16.1f} {encoded:>19.1f} {marked:>26.1f}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ gets wrong from what the reader misreads (e.g. it reads a true jawOpen 0.6 as ab
 Writes ``docs/warp/quality.md`` (the table the README quotes), ``docs/warp/sheet_*.png`` (contact
 sheets: a real person talking, blinking, turning, looking around), ``docs/warp/limits.png``
 (far head turns) and ``docs/warp/limits_near_face.png`` (hands near the face, an open-mouth
-source). Run: ``python scripts/warp_quality.py [--size 512]``.
+source; with ``--limit-photos DIR`` from ``scripts/fetch_limit_photos.sh DIR`` also a goatee and
+glasses, from Debian's opencv-doc). Run: ``python scripts/warp_quality.py [--size 512] [--limit-photos DIR]``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ FAR_TURNS = (-45, -30, -20, 20, 30, 45)
 NEAR_FACE = (("insightface/t1.jpg", 1, "cards held beside the chin"),
              ("insightface/t1.jpg", 3, "a hand with a chip below the chin"),
              ("skimage/astronaut", None, "a source with parted lips"))
+# From scripts/fetch_limit_photos.sh: (file, crop box of the photo to use or None, label).
+LIMIT_PHOTOS = (("opencv_face_swap.jpg", None, "a goatee and moustache"),
+                ("opencv_gapi_beautification.jpg", (0, 0, 387, 580), "glasses"))
 NEAR_FACE_MOTIONS = {**{m: MOTIONS[m] for m in ("yaw +15", "yaw -15", "pitch +10", "jawOpen 0.6")},
                      "mouth closed": ((0, 0, 0), {"jawOpen": 0.0}, 0.0)}
 SHEET_TILE = 200  # contact-sheet tiles (pixels)
@@ -175,11 +179,28 @@ def contact_sheet(engine: MeshWarpPipeline, source: SourceFace, path: Path, titl
                column_labels=["source"] + [f"frame {i}" for i in picks], title=title)
 
 
-def near_face_sheet(engine: MeshWarpPipeline, photos: dict[str, np.ndarray], size: int, path: Path) -> None:
-    """Hands and objects near the face, and a source with an open mouth, under the motions that show them."""
+def limit_photos(folder: Path) -> dict[str, np.ndarray]:
+    """The photos of :data:`LIMIT_PHOTOS` in ``folder`` (fetched by scripts/fetch_limit_photos.sh)."""
+    photos = {}
+    for name, box, _ in LIMIT_PHOTOS:
+        if not (folder / name).is_file():
+            raise SystemExit(f"{folder / name}: missing; run scripts/fetch_limit_photos.sh {folder}")
+        with Image.open(folder / name) as image:
+            photos[name] = np.asarray((image.crop(box) if box else image).convert("RGB"))
+    return photos
+
+
+def near_face_sheet(engine: MeshWarpPipeline, photos: dict[str, np.ndarray], size: int, path: Path,
+                    extra: dict[str, np.ndarray]) -> None:
+    """Hands and objects near the face, a source with an open mouth, and the ``extra`` limit photos (a
+    beard, glasses), under the motions that show them."""
     rows, labels = [], []
-    for name, index, label in NEAR_FACE:
-        source = prepare_source(photos[name], size, face_index=index, crop_scale=3.0, name=name)
+    # The limit photos are tight portraits: a closer crop than animate's 3.0 keeps their faces readable.
+    faces = [*((name, index, 3.0, label) for name, index, label in NEAR_FACE),
+             *((name, None, 2.0, label) for name, _, label in LIMIT_PHOTOS if name in extra)]
+    photos = {**photos, **extra}
+    for name, index, crop_scale, label in faces:
+        source = prepare_source(photos[name], size, face_index=index, crop_scale=crop_scale, name=name)
         frames = [to_uint8(engine(source.crop, moved(source.coefficients, *motion),
                                   source_coefficients=source.coefficients).frames)[0]
                   for motion in NEAR_FACE_MOTIONS.values()]
@@ -187,7 +208,7 @@ def near_face_sheet(engine: MeshWarpPipeline, photos: dict[str, np.ndarray], siz
                      for f in [source.crop, *frames]])
         labels.append(label)
     image_grid(rows, path, row_labels=labels, column_labels=["source", *NEAR_FACE_MOTIONS],
-               title="limits: hands and objects near the face are warped with it; an open-mouth source")
+               title="limits: hands and objects near the face, an open-mouth source, facial hair, glasses")
 
 
 def main() -> None:
@@ -195,6 +216,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="crop size (default 512)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "warp")
     parser.add_argument("--control", type=int, default=4, help="SynthTalk identities of the reader control (default 4)")
+    parser.add_argument("--limit-photos", type=Path, help="folder from scripts/fetch_limit_photos.sh (a beard, glasses)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     engine = MeshWarpPipeline()
@@ -202,7 +224,8 @@ def main() -> None:
     table, sheets, skipped = [], 0, []
     limits_rows = []
     photos = bundled_photos([])
-    near_face_sheet(engine, photos, args.size, args.out / "limits_near_face.png")
+    extra = limit_photos(args.limit_photos) if args.limit_photos else {}
+    near_face_sheet(engine, photos, args.size, args.out / "limits_near_face.png", extra)
     for name, photo in photos.items():
         try:
             source = prepare_source(photo, args.size, name=name)

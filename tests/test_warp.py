@@ -384,11 +384,15 @@ def test_bad_inputs_are_one_line_errors(pipe, model, synthetic):
         pipe(image, synthetic, source_coefficients=synthetic, clip_length=0)
     with pytest.raises(InputError, match="output_type"):
         pipe(image, synthetic, source_coefficients=synthetic, output_type="latent")
-    broken = dataclasses.replace(synthetic, pose=np.array([[0.0, 0.0, np.nan, 0.0, 0.0, 0.8]]))
+    # MotionCoefficients refuses these when it is made; the engine still checks arrays changed afterwards.
+    broken = dataclasses.replace(synthetic, pose=synthetic.pose.copy())
+    broken.pose[0, 2] = np.nan
     with pytest.raises(InputError, match="non-finite"):
         pipe(image, broken, source_coefficients=synthetic)
+    flat = dataclasses.replace(synthetic)
+    flat.landmarks = np.zeros((478, 3))
     with pytest.raises(InputError, match="landmarks"):
-        pipe(image, synthetic, source_coefficients=dataclasses.replace(synthetic, landmarks=np.zeros((478, 3))))
+        pipe(image, synthetic, source_coefficients=flat)
     with pytest.raises(InputError, match="GiB"):  # 20000 frames of 4096 px in one clip
         pipe(np.zeros((4096, 4096, 3), np.uint8), dataclasses.replace(
             synthetic, pose=np.repeat(synthetic.pose, 20000, 0), expression=np.repeat(synthetic.expression, 20000, 0),

@@ -21,9 +21,12 @@ class Limits:
     image_pixels: int = 50_000_000  # pixels of a still image (a 48 Mpx phone photo fits)
     video_pixels: int = 4096 * 4096  # pixels of one video frame (4K fits)
     output_side: int = 4096  # width or height of a rendered or generated frame
+    batch_frames: int = 256  # frames the diffusion model denoises in one pass (batch size x clip length)
     fps: float = 240.0  # frames per second of a motion or a video (must also be > 0)
     motion_json_bytes: int = 64 * 2**20  # size of a MOTION.json file
     motion_json_depth: int = 32  # nesting depth of a MOTION.json file
+    motion_columns: int = 1024  # expression or identity columns of a coefficient file (the face model has 36 and 12)
+    motion_name_chars: int = 64  # characters of one expression or identity name in a coefficient file
 
     @staticmethod
     def variable(name: str) -> str:

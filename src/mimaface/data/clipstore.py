@@ -81,9 +81,12 @@ def write_clip(root: Path, split: str, identity: str, clip: str, frames: np.ndar
         raise ValueError(f"clip arrays disagree: frames {frames.shape}, renders {renders.shape}, "
                          f"motion {motion.num_frames} frames")
     parent = Path(root) / split / identity
-    parent.mkdir(parents=True, exist_ok=True)
     final = parent / clip
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{clip}.", suffix=".part"))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{clip}.", suffix=".part"))
+    except OSError as exc:
+        raise files.write_error(final, exc) from exc
     try:
         np.save(tmp / "frames.npy", frames)
         np.save(tmp / "renders.npy", renders)
@@ -93,10 +96,26 @@ def write_clip(root: Path, split: str, identity: str, clip: str, frames: np.ndar
         files.fsync_tree(tmp)
         os.rename(tmp, final)  # not os.replace: a clip that exists is never overwritten
         files.fsync(parent)
+    except Exception as exc:
+        error = _write_failure(final, exc)  # measured before the cleanup frees the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ClipRef(Path(root), split, identity, clip)
+
+
+def _write_failure(final: Path, exc: Exception) -> InputError | None:
+    """The one line (:func:`mimaface.files.write_error`) for a clip whose files could not be written, or
+    None when ``exc`` is not a failed write. ``motion.save`` reports a full disk itself, naming its file
+    in the hidden folder; the line names the clip instead."""
+    cause = exc.__cause__ if isinstance(exc, InputError) else exc
+    if isinstance(cause, OSError) or (cause is not None and files.out_of_space(cause, final.parent)):
+        return files.write_error(final, cause)
+    return None
 
 
 def write_dataset_info(root: Path, info: dict) -> None:

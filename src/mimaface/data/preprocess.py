@@ -278,6 +278,8 @@ def _run_tasks(tasks: list[_Task], cfg: PreprocessConfig, log: _RunLog, progress
     def done(record: dict) -> None:
         log.write(record)
         results.append(record)
+        if record.get("stop"):  # the output cannot be written (a full disk): every other video would fail too
+            raise InputError(record["error"])
         if record["status"] == "failed":
             logger.warning("skipped %s", record["error"])
         bar.update(1)
@@ -344,16 +346,17 @@ def _run_pool_inner(tasks: list[_Task], workers: int, done) -> None:
                 for future in finished:
                     task = running.pop(future)
                     try:
-                        done(future.result())
+                        record = future.result()
                     except cf.process.BrokenProcessPool:
                         broken = True
-                        done(_failed_record(task.rel, task.identity, task.split,
-                                            f"{task.rel}: the worker process died (crash or out of memory)",
-                                            retry=True, signature=task.signature))
+                        record = _failed_record(task.rel, task.identity, task.split,
+                                                f"{task.rel}: the worker process died (crash or out of memory)",
+                                                retry=True, signature=task.signature)
                     except Exception as exc:  # noqa: BLE001 - e.g. a result that could not be sent back
-                        done(_failed_record(task.rel, task.identity, task.split,
-                                            f"{task.rel}: {type(exc).__name__}: {exc}", retry=True,
-                                            signature=task.signature))
+                        record = _failed_record(task.rel, task.identity, task.split,
+                                                f"{task.rel}: {type(exc).__name__}: {exc}", retry=True,
+                                                signature=task.signature)
+                    done(record)  # outside the try: the error that stops the run (see _run_tasks) goes through
                 if broken and not running:
                     break
         finally:
@@ -399,6 +402,9 @@ def process_video(task: _Task) -> dict:
             "size_bytes": task.signature[0], "mtime_ns": task.signature[1]}
     try:
         outcome = _process(task)
+    except _OutputFailed as exc:  # not the video's fault: it stops the run and is retried by the next one
+        return base | {"status": "failed", "error": str(exc), "retry": True, "stop": True,
+                       "seconds": time.perf_counter() - start}
     except MimafaceError as exc:  # the input's fault: not retried on a re-run
         return base | {"status": "failed", "error": str(exc), "retry": False, "seconds": time.perf_counter() - start}
     except Exception as exc:  # noqa: BLE001 - anything else (a library or program error): logged, retried
@@ -503,7 +509,14 @@ def _write(task: _Task, clip: dict, crops: np.ndarray, landmarks: np.ndarray, id
                                3).tolist(),
         "fit_rms": float(np.mean(fit.rms_error)),
     }
-    write_clip(task.output, task.split, task.identity, clip["name"], crops, renders, motion, info_json)
+    try:
+        write_clip(task.output, task.split, task.identity, clip["name"], crops, renders, motion, info_json)
+    except InputError as exc:  # write_clip's only InputError: the clip could not be written (full disk, permissions)
+        raise _OutputFailed(str(exc)) from exc
+
+
+class _OutputFailed(Exception):
+    """A clip could not be written (a full disk): the output's fault, not the video's."""
 
 
 def _f32(array: np.ndarray) -> np.ndarray:
@@ -763,13 +776,16 @@ class _RunLog:
     def write(self, record: dict) -> None:
         record = {"time": datetime.now(UTC).isoformat(timespec="seconds")} | record
         line = json.dumps(record, default=_json_default) + "\n"
-        with open(self.path, "a+b") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":  # a line cut off by a killed run stays alone
-                line = "\n" + line
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a+b") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":  # a line cut off (a killed run) stays alone
+                    line = "\n" + line
+                fh.write(line.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a part written stays a cut-off line, which last_records skips
+            raise files.write_error(self.path, exc) from exc
 
     def last_records(self) -> dict[str, dict]:
         out: dict[str, dict] = {}

@@ -34,23 +34,35 @@ constant before its first and after its last keyframe, and defaults to neutral (
 0.8) when never set. Without ``"frame"`` keys, entries are consecutive frames. ``"time"`` (in
 seconds) may be used instead of ``"frame"``. :func:`save_motion_json` writes any motion (an
 extracted or retargeted one) as a MOTION.json that reads back as the same coefficients.
+
+Both are checked before anything is allocated from them, against :func:`mimaface.limits.limits`: an
+``.npz`` array's shape and type are read from its header before its data, a MOTION.json's size before
+it is read and its frame counts and indices before any array is made; every number must be finite.
+A bad file is one :class:`~mimaface.errors.InputError` line naming the file, the field and the limit.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
+import re
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from mimaface.errors import InputError
-from mimaface.face3d.model import GAZE_NAMES, FaceModel
+from mimaface.errors import InputError, one_line
+from mimaface.face3d.model import GAZE_NAMES, NUM_LANDMARKS, FaceModel
 from mimaface.face3d.pose import POSE_NAMES
 from mimaface.files import write_npz, write_text
+from mimaface.limits import Limits, check_count, limits
 
 FORMAT_VERSION = 1
 DEFAULT_SCALE = 0.8
@@ -73,9 +85,28 @@ class MotionCoefficients:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        t = len(self.pose)
+        arrays = {"pose": self.pose, "expression": self.expression, "gaze": self.gaze, "identity": self.identity}
+        if self.landmarks is not None:
+            arrays["landmarks"] = self.landmarks
+        for name, array in arrays.items():
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+                got = f"a {array.dtype} array" if isinstance(array, np.ndarray) else type(array).__name__
+                raise InputError(f"{name} must be a numpy array of numbers, got {got}")
+        t = len(self.pose) if self.pose.ndim else 0
         if self.pose.shape != (t, 6) or self.gaze.shape != (t, 4) or self.expression.shape != (t, len(self.expression_names)):
             raise InputError(f"inconsistent motion arrays: pose {self.pose.shape}, expression {self.expression.shape}, gaze {self.gaze.shape}")
+        if self.identity.shape != (len(self.identity_names),):
+            raise InputError(f"identity has shape {self.identity.shape}, expected ({len(self.identity_names)},): "
+                             "one value per identity name")
+        if self.landmarks is not None and self.landmarks.shape != (t, NUM_LANDMARKS, 3):
+            raise InputError(f"landmarks have shape {self.landmarks.shape}, expected ({t}, {NUM_LANDMARKS}, 3)")
+        if t < 1:
+            raise InputError("the motion has no frames")
+        check_count(t, limits().frames, "frames", where="the motion", name="frames")
+        for name, array in arrays.items():
+            check_finite(array, name)
+        self.fps = check_fps(self.fps, "fps")
+        self.image_size = check_image_size(self.image_size, "image_size")
 
     @property
     def num_frames(self) -> int:
@@ -121,95 +152,208 @@ class MotionCoefficients:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MotionCoefficients:
+        """Read a coefficient ``.npz``. Each array's shape and type are checked from its header before
+        its data is read (so a small file cannot declare a huge array), no pickled object is ever
+        read, and every value is checked; a bad file is an InputError naming it and the array."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         try:
-            data = np.load(path)
+            with zipfile.ZipFile(path) as archive:
+                arrays = _read_npz(archive, path)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            raise InputError(f"{path}: not a mimaface coefficient file ({one_line(exc)})") from None
+        version = int(arrays.get("format_version", FORMAT_VERSION))
+        if version != FORMAT_VERSION:
+            raise InputError(f"{path}: format_version is {version}; this mimaface reads version {FORMAT_VERSION}")
+        try:
             return cls(
-                pose=data["pose"].astype(np.float64),
-                expression=data["expression"].astype(np.float64),
-                gaze=data["gaze"].astype(np.float64),
-                identity=data["identity"].astype(np.float64),
-                expression_names=tuple(str(n) for n in data["expression_names"]),
-                identity_names=tuple(str(n) for n in data["identity_names"]),
-                fps=float(data["fps"]),
-                image_size=tuple(int(v) for v in data["image_size"]),
-                landmarks=data["landmarks"].astype(np.float64) if "landmarks" in data.files else None,
+                pose=arrays["pose"].astype(np.float64),
+                expression=arrays["expression"].astype(np.float64),
+                gaze=arrays["gaze"].astype(np.float64),
+                identity=arrays["identity"].astype(np.float64),
+                expression_names=tuple(str(n) for n in arrays["expression_names"]),
+                identity_names=tuple(str(n) for n in arrays["identity_names"]),
+                fps=float(arrays["fps"]),
+                image_size=check_image_size(arrays["image_size"].tolist(), "image_size", limits().output_side),
+                landmarks=arrays["landmarks"].astype(np.float64) if "landmarks" in arrays else None,
             )
-        except (KeyError, ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a mimaface coefficient file ({exc})") from None
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
-    def for_model(self, model: FaceModel) -> MotionCoefficients:
-        """Check the coefficient columns match ``model`` (same names, same order)."""
-        if self.expression_names != model.expression_names or self.identity_names != model.identity_names:
-            raise InputError("coefficient file was made with a different face model (blendshape or identity names differ)")
+    def for_model(self, model: FaceModel, source: str = "the motion") -> MotionCoefficients:
+        """Check the coefficient columns match ``model`` (same names, same order); ``source`` (a file
+        name) starts the message."""
+        for what, own, expected in (("expression", self.expression_names, model.expression_names),
+                                    ("identity", self.identity_names, model.identity_names)):
+            if own != expected:
+                raise InputError(f"{source} was made with a different face model: its {len(own)} {what} names "
+                                 f"differ from the model's {len(expected)}")
         return self
 
 
+# What each array of a coefficient .npz must be: its shape (a letter is a size the arrays share: T frames,
+# K expression columns, M identity columns) and the kinds of numpy dtype it may have.
+_NPZ_ARRAYS: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "pose": (("T", 6), "f"),
+    "expression_names": (("K",), "U"),
+    "expression": (("T", "K"), "f"),
+    "gaze": (("T", 4), "f"),
+    "identity_names": (("M",), "U"),
+    "identity": (("M",), "f"),
+    "landmarks": (("T", NUM_LANDMARKS, 3), "f"),
+    "fps": ((), "fiu"),
+    "image_size": ((2,), "iu"),
+    "format_version": ((), "iu"),
+}
+_NPZ_OPTIONAL = frozenset({"landmarks", "format_version"})
+_KIND_NAMES = {"f": "floating-point numbers", "U": "strings", "fiu": "a number", "iu": "integers"}
+
+
+def _read_npz(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a coefficient file, every header checked (shape, dtype, declared size against the
+    limits and against the bytes the archive holds) before any array's data is read."""
+    lim = limits()
+    members = set(archive.namelist())
+    sizes: dict[str, int] = {}
+    present = []
+    for key, (shape, kinds) in _NPZ_ARRAYS.items():
+        member, where = f"{key}.npy", f"{path}: {key}"
+        if member not in members:
+            if key in _NPZ_OPTIONAL:
+                continue
+            raise InputError(f"{path}: not a mimaface coefficient file (no {key!r} array)")
+        info = archive.getinfo(member)
+        with archive.open(info) as fh:
+            found, dtype = _npy_header(fh)
+            header_bytes = fh.tell()
+        if dtype.kind not in kinds:
+            raise InputError(f"{where} holds {dtype}, expected {_KIND_NAMES[kinds]}")
+        if len(found) == len(shape):
+            for axis, n in zip(shape, found):
+                if isinstance(axis, str):
+                    sizes.setdefault(axis, n)
+        expected = tuple(sizes.get(axis, axis) if isinstance(axis, str) else axis for axis in shape)
+        if found != expected:
+            raise InputError(f"{where} has shape {found}, expected {expected}")
+        if key == "pose":
+            if found[0] < 1:
+                raise InputError(f"{where} holds no frames")
+            check_count(found[0], lim.frames, "frames", where=where, name="frames")
+        if dtype.kind == "U":
+            check_count(found[0], lim.motion_columns, "names", where=where, name="motion_columns")
+            check_count(dtype.itemsize // 4, lim.motion_name_chars, "characters in a name", where=where,
+                        name="motion_name_chars")
+        data_bytes = math.prod(found) * dtype.itemsize
+        if header_bytes + data_bytes > info.file_size:
+            raise InputError(f"{where}: the header declares {data_bytes} bytes of data, the file holds "
+                             f"{max(info.file_size - header_bytes, 0)}")
+        present.append(key)
+    arrays = {}
+    for key in present:
+        with archive.open(f"{key}.npy") as fh:
+            arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
+    return arrays
+
+
+def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of an ``.npy`` stream (its data is not read)."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
 def load_motion(path: str | os.PathLike, model: FaceModel | None = None) -> MotionCoefficients:
-    """Load a coefficient ``.npz`` or a ``MOTION.json``."""
+    """Load a coefficient ``.npz`` or a ``MOTION.json`` (checked: see the module notes)."""
     model = model or FaceModel.load()
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
-        return MotionCoefficients.load(path).for_model(model)
+        return MotionCoefficients.load(path).for_model(model, str(path))
     if suffix == ".json":
         return motion_from_json(path, model)
     raise InputError(f"{path}: unsupported motion file (expected .npz or .json)")
 
 
 def motion_from_json(path_or_dict: str | os.PathLike | dict, model: FaceModel | None = None) -> MotionCoefficients:
-    """Parse a ``MOTION.json`` (path or already-parsed dict) into per-frame coefficients."""
+    """Parse a ``MOTION.json`` (path or already-parsed dict) into per-frame coefficients, every value
+    checked against :func:`mimaface.limits.limits` before any array is made."""
     model = model or FaceModel.load()
+    lim = limits()
     if isinstance(path_or_dict, dict):
         spec, where = path_or_dict, "motion"
-    else:
+    elif isinstance(path_or_dict, (str, os.PathLike)):
         where = str(path_or_dict)
-        try:
-            spec = json.loads(Path(path_or_dict).read_text())
-        except FileNotFoundError:
-            raise InputError(f"{where}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{where}: invalid JSON ({exc})") from None
+        spec = _read_json(Path(path_or_dict), lim)
+    else:
+        raise InputError(f"a motion is a MOTION.json path or a dict, got {type(path_or_dict).__name__}")
+    _check_depth(spec, lim.motion_json_depth, where)
     if not isinstance(spec, dict) or not isinstance(spec.get("frames"), list) or not spec["frames"]:
         raise InputError(f'{where}: expected an object with a non-empty "frames" list')
+    check_count(len(spec["frames"]), lim.frames, "frame entries", where=f'{where}: "frames"', name="frames")
 
-    fps = float(spec.get("fps", 25.0))
+    fps = check_fps(spec.get("fps", 25.0), f"{where}: fps")
     channels = {name: (0, i) for i, name in enumerate(POSE_NAMES)}
     channels |= {name: (1, i) for i, name in enumerate(model.expression_names)}
     channels |= {name: (2, i) for i, name in enumerate(GAZE_NAMES)}
 
     keyframes: dict[str, list[tuple[float, float]]] = {}
     for position, entry in enumerate(spec["frames"]):
+        label = f"{where}: frame entry {position}"
         if not isinstance(entry, dict):
-            raise InputError(f"{where}: frame entry {position} is not an object")
+            raise InputError(f"{label} is not an object")
         if "frame" in entry:
-            t = float(entry["frame"])
+            t = finite_number(entry["frame"], f"{label}, frame")
+            at = f"frame {t:g}"
         elif "time" in entry:
-            t = float(entry["time"]) * fps
+            seconds = finite_number(entry["time"], f"{label}, time")
+            t = seconds * fps
+            at = f"time {seconds:g} s (frame {t:g} at {fps:g} fps)"
         else:
-            t = float(position)
+            t, at = float(position), ""
+        if t < 0:
+            raise InputError(f"{label}: {at} is before the first frame (0)")
+        if t >= lim.frames:  # checked here: the arrays below have a row per frame
+            raise InputError(f"{label}: {at} is beyond the limit of {lim.frames} frames "
+                             f"(set {Limits.variable('frames')} to allow more)")
         for key, value in entry.items():
             if key in ("frame", "time"):
                 continue
             if key not in channels:
                 raise InputError(f"{where}: unknown channel {key!r} in frame entry {position}; valid names: "
                                  + ", ".join(sorted(channels)))
-            keyframes.setdefault(key, []).append((t, float(value)))
+            keyframes.setdefault(key, []).append((t, finite_number(value, f"{label}, {key}")))
 
     last = max(t for keys in keyframes.values() for t, _ in keys) if keyframes else 0.0
-    num_frames = int(spec.get("num_frames", int(round(last)) + 1))
+    num_frames = whole_number(spec.get("num_frames", round(last) + 1), f"{where}: num_frames")
     if num_frames < 1:
-        raise InputError(f"{where}: num_frames must be at least 1")
+        raise InputError(f"{where}: num_frames must be at least 1, got {num_frames}")
+    check_count(num_frames, lim.frames, "frames", where=f"{where}: num_frames", name="frames")
+    interpolation = spec.get("interpolation", "smooth")
+    if interpolation not in ("smooth", "linear"):
+        raise InputError(f'{where}: "interpolation" must be "smooth" or "linear", not {interpolation!r}')
+    identity_spec = spec.get("identity")
+    identity_spec = {} if identity_spec is None else identity_spec
+    if not isinstance(identity_spec, dict):
+        raise InputError(f'{where}: "identity" must be an object of identity names and values, got '
+                         f"{_shown(identity_spec)}")
+    identity = np.zeros(model.num_identities)
+    for key, value in identity_spec.items():
+        if key not in model.identity_names:
+            raise InputError(f"{where}: unknown identity name {key!r}; valid names: " + ", ".join(model.identity_names))
+        identity[model.identity_names.index(key)] = finite_number(value, f"{where}: identity {key}")
+    size = check_image_size(spec.get("image_size", DEFAULT_IMAGE_SIZE), f"{where}: image_size", lim.output_side)
+
     frames = np.arange(num_frames, dtype=np.float64)
     pose = np.zeros((num_frames, 6))
     pose[:, 5] = DEFAULT_SCALE
     expression = np.zeros((num_frames, model.num_expressions))
     gaze = np.zeros((num_frames, 4))
     targets = (pose, expression, gaze)
-    interpolation = spec.get("interpolation", "smooth")
-    if interpolation not in ("smooth", "linear"):
-        raise InputError(f'{where}: "interpolation" must be "smooth" or "linear", not {interpolation!r}')
     smooth = interpolation == "smooth"
     for key, points in keyframes.items():
         group, column = channels[key]
@@ -220,15 +364,123 @@ def motion_from_json(path_or_dict: str | os.PathLike | dict, model: FaceModel | 
             curve = np.interp(frames, times, values)
         targets[group][:, column] = curve
     expression = np.clip(expression, 0.0, 1.0)
-
-    identity = np.zeros(model.num_identities)
-    for key, value in (spec.get("identity") or {}).items():
-        if key not in model.identity_names:
-            raise InputError(f"{where}: unknown identity name {key!r}; valid names: " + ", ".join(model.identity_names))
-        identity[model.identity_names.index(key)] = float(value)
-    size = tuple(int(v) for v in spec.get("image_size", DEFAULT_IMAGE_SIZE))
     return MotionCoefficients(pose, expression, gaze, identity, model.expression_names, model.identity_names,
                               fps=fps, image_size=size)
+
+
+class _NonFinite(Exception):
+    """A NaN or Infinity literal in a MOTION.json (JSON has none; Python's reader would accept them)."""
+
+
+# A JSON string, or one of the literals Python's reader accepts beyond JSON: to find where the literal is.
+_STRING_OR_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+# Longer integers are beyond every limit. Read as floats (inf beyond 1e308) they fail the range checks with
+# the field named, where int() would stop at Python's int-string limit (4300 digits) with a ValueError.
+_INT_DIGITS = 20
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text) <= _INT_DIGITS else float(text)
+
+
+def _refuse_literal(literal: str) -> None:
+    raise _NonFinite(literal)
+
+
+def _read_json(path: Path, lim: Limits) -> object:
+    """The parsed MOTION.json at ``path``: its size checked before it is read, NaN and Infinity refused."""
+    try:
+        with path.open("rb") as fh:
+            check_count(os.fstat(fh.fileno()).st_size, lim.motion_json_bytes, "bytes", where=f"{path}: file size",
+                        name="motion_json_bytes")
+            raw = bytearray()  # read in pieces, bounded even if the file grows or is not a regular file
+            while len(raw) <= lim.motion_json_bytes and (piece := fh.read(1 << 20)):
+                raw += piece
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    check_count(len(raw), lim.motion_json_bytes, "bytes", where=f"{path}: file size", name="motion_json_bytes")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_literal, parse_int=_parse_int)
+    except _NonFinite:
+        match = next(m for m in _STRING_OR_LITERAL.finditer(text) if m.group(1))
+        line = text.count("\n", 0, match.start(1)) + 1
+        column = match.start(1) - text.rfind("\n", 0, match.start(1))
+        raise InputError(f"{path}: {match.group(1)} at line {line} column {column}: every number in a "
+                         "MOTION.json must be finite") from None
+    except RecursionError:
+        raise InputError(f"{path}: the JSON is nested deeper than the limit of {lim.motion_json_depth} "
+                         "levels") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise InputError(f"{path}: invalid JSON ({exc})") from None
+
+
+def _check_depth(value: object, limit: int, where: str) -> None:
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list, tuple)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise InputError(f"{where}: the JSON is nested deeper than the limit of {limit} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+
+
+def _shown(value: object) -> str:
+    """``value`` as a short JSON-like text, for an error message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def finite_number(value: object, what: str) -> float:
+    """``value`` as a float when it is a finite real number (a bool is not a number); else an InputError
+    that starts with ``what`` (the file and the field)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise InputError(f"{what} must be a number, got {_shown(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InputError(f"{what} must be a finite number (at most 1.8e308 in size), got {number}")
+    return number
+
+
+def whole_number(value: object, what: str) -> int:
+    """``value`` as an int when it is a finite whole number (``25`` or ``25.0``); else an InputError."""
+    number = finite_number(value, what)
+    if not number.is_integer():
+        raise InputError(f"{what} must be a whole number, got {number:g}")
+    return int(number)
+
+
+def check_fps(value: object, what: str) -> float:
+    """A frame rate: a finite number above 0 and at most ``limits().fps``; else an InputError."""
+    fps = finite_number(value, what)
+    limit = limits().fps
+    if not 0 < fps <= limit:
+        raise InputError(f"{what} must be above 0 and at most {limit:g}, got {fps:g}")
+    return fps
+
+
+def check_image_size(value: object, what: str, limit: int | None = None) -> tuple[int, int]:
+    """``(width, height)``: two whole numbers of at least 1 (and at most ``limit``); else an InputError."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"{what} must be two whole numbers (width, height), got {_shown(value)}")
+    size = (whole_number(value[0], f"{what} width"), whole_number(value[1], f"{what} height"))
+    for side, name in zip(size, ("width", "height")):
+        if side < 1:
+            raise InputError(f"{what} {name} must be at least 1, got {side}")
+        if limit is not None:
+            check_count(side, limit, "pixels", where=f"{what} {name}", name="output_side")
+    return size
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse an array holding NaN or an infinity, naming the first such entry."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{what}[{', '.join(map(str, index))}] is {array[index]}; every value must be finite")
 
 
 def motion_json_text(spec: dict) -> str:

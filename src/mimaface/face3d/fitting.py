@@ -9,19 +9,31 @@ tilt the head. The identity is fitted jointly with the expressions of up to
 ``max_identity_frames`` frames spread over the sequence, then held fixed. Gaze is read from
 the iris landmarks in model space. For videos, the coefficient tracks are smoothed by a
 One-Euro filter (on by default).
+
+The landmarks are MediaPipe's, and MediaPipe follows an opening jaw only part of the way (on exact
+renders its chin drops about half as far as the model's ``jawOpen`` moves it; the lips follow).
+So the fit reads ``jawOpen`` with the displacement the detector reports for it, measured on
+SynthTalk renders by ``scripts/calibrate_reader.py`` (the asset ``reader_response.npz``): a true
+0.6 was read as 0.37 with the model's own jaw, and within a few hundredths of it with the
+response. ``FitConfig(detector_response=False)`` reads with the model's own basis (for landmarks
+that are the model's exact vertices).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimaface.errors import InputError
 from mimaface.face3d.blendshapes import similarity_tangents
 from mimaface.face3d.camera import pixels_to_normalized
-from mimaface.face3d.model import NUM_VERTICES, FaceModel
+from mimaface.face3d.coefficients import check_finite, check_fps, whole_number
+from mimaface.face3d.model import NUM_LANDMARKS, NUM_VERTICES, FaceModel
 from mimaface.face3d.pose import similarity_to_pose, umeyama
 from mimaface.face3d.smoothing import OneEuroConfig, one_euro_filter
+from mimaface.limits import check_count, limits
 
 
 @dataclass
@@ -34,6 +46,7 @@ class FitConfig:
     identity_prior: float = 1e-4  # ridge on identity coefficients (standard-normal prior)
     identity_bound: float = 4.0  # |identity coefficient| <= this
     max_identity_frames: int = 24
+    detector_response: bool = True  # read jawOpen as MediaPipe sees it (see the module's docstring)
     smooth: bool = True
     smoothing: OneEuroConfig = field(default_factory=OneEuroConfig)
 
@@ -84,6 +97,24 @@ def solve_box_qp(hessian: np.ndarray, linear: np.ndarray, lower: np.ndarray, upp
     return x
 
 
+RESPONSE_ASSET = "reader_response.npz"
+
+
+def detector_response(model: FaceModel) -> np.ndarray:
+    """``model``'s expression basis with the calibrated blendshapes replaced by the displacement MediaPipe
+    reports for them (:data:`RESPONSE_ASSET`). A blendshape whose basis differs from the one the response
+    was measured on (another face model) keeps the model's own."""
+    basis = model.expression_basis.copy()
+    with importlib.resources.as_file(importlib.resources.files("mimaface") / "assets" / RESPONSE_ASSET) as path:
+        data = np.load(path)
+        for name in (str(n) for n in data["names"]):
+            if name in model.expression_names:
+                column = model.expression_names.index(name)
+                if np.allclose(data[f"model_{name}"], basis[column], atol=1e-5):
+                    basis[column] = data[f"detected_{name}"]
+    return basis
+
+
 class FaceFitter:
     """Fits :class:`FaceModel` coefficients to 478-point landmarks."""
 
@@ -92,9 +123,10 @@ class FaceFitter:
         self.config = config or FitConfig()
         m, cfg = self.model, self.config
         self._coord_weight = np.tile([1.0, 1.0, cfg.depth_weight], NUM_VERTICES)
+        self._reading_basis = detector_response(m) if cfg.detector_response else m.expression_basis
         # Expression columns are solved together with the 7 similarity tangents (a linearised pose
         # correction), so that the blendshapes cannot absorb a residual pose error.
-        self._exp = np.concatenate([m.expression_basis.reshape(m.num_expressions, -1),
+        self._exp = np.concatenate([self._reading_basis.reshape(m.num_expressions, -1),
                                     similarity_tangents(m.mean_shape)])
         self._id = m.identity_basis.reshape(m.num_identities, -1)
         k = m.num_expressions
@@ -116,9 +148,16 @@ class FaceFitter:
 
         ``identity`` fixes the subject's identity coefficients instead of fitting them.
         ``smooth`` overrides ``config.smooth`` (smoothing is only applied when ``T > 1``); ``fps`` is
-        the frame rate the smoothing cutoffs refer to.
+        the frame rate the smoothing cutoffs refer to. A wrong type, shape or value of any argument is an
+        :class:`~mimaface.errors.InputError`.
         """
-        points = pixels_to_normalized(np.asarray(landmarks_px, np.float64), width, height)
+        points = pixels_to_normalized(_checked_landmarks(landmarks_px), _pixel_side(width, "width"),
+                                      _pixel_side(height, "height"))
+        if identity is not None:
+            identity = self._checked_identity(identity)
+        if smooth is not None and not isinstance(smooth, (bool, np.bool_)):
+            raise InputError(f"smooth must be True, False or None, got {smooth!r}")
+        fps = check_fps(fps, "fps")
         if identity is None:
             identity = self.fit_identity(points)
         pose, expression, model_points, rms = self._fit_frames(points, identity)
@@ -137,11 +176,23 @@ class FaceFitter:
         keys = points[np.unique(np.linspace(0, len(points) - 1, count).round().astype(int))]
         identity = np.zeros(m.num_identities)
         for _ in range(3):
-            pose, _, model_points, _ = self._fit_frames(keys, identity)
+            _, _, model_points, _ = self._fit_frames(keys, identity)
             identity = self._solve_identity_and_expression(model_points[:, :NUM_VERTICES])
         return identity
 
     # -- internals ---------------------------------------------------------------------------
+    def _checked_identity(self, identity) -> np.ndarray:
+        count = self.model.num_identities
+        try:
+            values = np.asarray(identity, np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"identity must be an array of {count} numbers, got {type(identity).__name__}") from None
+        if values.shape != (count,):
+            raise InputError(f"identity must have shape ({count},) (the face model's identity coefficients), "
+                             f"got {values.shape}")
+        check_finite(values, "identity")
+        return values
+
     def _fit_frames(self, points: np.ndarray, identity: np.ndarray):
         """Alternate pose and expression for every frame (vectorised over frames)."""
         m, cfg = self.model, self.config
@@ -152,11 +203,15 @@ class FaceFitter:
         for _ in range(cfg.iterations):
             model_mesh = self._to_model_space(mesh, rot, trans, scale)
             expression = self._solve_expression(model_mesh - base)
-            rot, trans, scale = umeyama(m.vertices(identity, expression), mesh)
+            rot, trans, scale = umeyama(self._read_shape(identity, expression), mesh)
         model_points = self._to_model_space(points, rot, trans, scale)
-        residual = model_points[:, :NUM_VERTICES] - m.vertices(identity, expression)
+        residual = model_points[:, :NUM_VERTICES] - self._read_shape(identity, expression)
         rms = np.sqrt((residual**2).sum(-1).mean(-1))
         return similarity_to_pose(rot, trans, scale), expression, model_points, rms
+
+    def _read_shape(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        """The shape the detector would report for these coefficients (model space)."""
+        return self.model.vertices(identity) + np.einsum("...k,kvd->...vd", expression, self._reading_basis)
 
     @staticmethod
     def _to_model_space(points, rot, trans, scale):
@@ -185,3 +240,38 @@ class FaceFitter:
         upper = np.concatenate([np.full(n_id, cfg.identity_bound), np.tile(self._exp_upper, t)])
         solution = solve_box_qp(hessian, linear, lower, upper)
         return solution[:n_id]
+
+
+def _checked_landmarks(landmarks) -> np.ndarray:
+    """``(T, 478, 3)`` pixel landmarks as float64, or an InputError saying what is wrong with them."""
+    shape = f"(T, {NUM_LANDMARKS}, 3)"
+    if not isinstance(landmarks, (np.ndarray, list, tuple)) or (
+            isinstance(landmarks, np.ndarray) and landmarks.dtype.kind not in "fiu"):
+        got = f"a {landmarks.dtype} array" if isinstance(landmarks, np.ndarray) else type(landmarks).__name__
+        raise InputError(f"landmarks must be an array of numbers of shape {shape}, got {got}")
+    try:
+        points = np.asarray(landmarks, np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"landmarks must be an array of numbers of shape {shape}, got a {type(landmarks).__name__} "
+                         "that is not one") from None
+    if points.shape == (NUM_LANDMARKS, 3):
+        raise InputError(f"landmarks must have shape {shape}, got {points.shape}: for one image use landmarks[None]")
+    if points.ndim != 3:
+        raise InputError(f"landmarks must have shape {shape}, got {points.shape}")
+    if points.shape[1] != NUM_LANDMARKS:
+        raise InputError(f"expected {NUM_LANDMARKS} landmarks (MediaPipe with iris), got {points.shape[1]}")
+    if points.shape[2] != 3:
+        raise InputError(f"expected 3 coordinates (x, y, z) per landmark, got {points.shape[2]}")
+    if len(points) == 0:
+        raise InputError("landmarks hold no frames")
+    check_count(len(points), limits().frames, "frames", where="landmarks", name="frames")
+    check_finite(points, "landmarks")
+    return points
+
+
+def _pixel_side(value, name: str) -> int:
+    """The width or height of the image the landmarks are in: a whole number of at least 1."""
+    side = whole_number(value, name)
+    if side < 1:
+        raise InputError(f"{name} must be at least 1 pixel, got {side}")
+    return side
