@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mimaface.errors import InputError, MimafaceError
-from mimaface.pipelines.options import ENGINES, SCHEDULER_NAMES, SamplingOptions
+from mimaface.pipelines.options import ENGINES, SCHEDULER_NAMES, SamplingOptions, check_sampling
 
 VIDEO_OUT = (".mp4",)
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -18,9 +18,9 @@ IMAGE_OUT = (".png", ".jpg", ".jpeg")
 
 def _cmd_extract(args: argparse.Namespace) -> None:
     from mimaface.face3d.pipeline import ExtractConfig, extract_motion
+    from mimaface.media import check_output_file
 
-    if Path(args.output).suffix.lower() != ".npz":
-        raise InputError(f"{args.output}: the output of extract must be a .npz file")
+    check_output_file(args.output, (".npz",), {"input": args.input})
     config = ExtractConfig(face_index=args.face_index, max_gap=args.max_gap, smooth=not args.no_smooth)
     motion = extract_motion(args.input, config, progress=not args.quiet)
     motion.save(args.output)
@@ -30,20 +30,24 @@ def _cmd_extract(args: argparse.Namespace) -> None:
 
 def _cmd_render(args: argparse.Namespace) -> None:
     from mimaface.face3d.coefficients import load_motion
-    from mimaface.face3d.pipeline import render_motion
+    from mimaface.face3d.pipeline import output_size, render_motion
     from mimaface.face3d.render import overlay
+    from mimaface.limits import check_count, limits
     from mimaface.media import (
+        check_output_file,
         is_video_path,
         iter_video_frames,
         load_image,
         write_image,
         write_video,
     )
+    from mimaface.pipelines.options import is_finite_number
 
     out = Path(args.output)
     suffix = out.suffix.lower()
-    if suffix not in VIDEO_OUT + IMAGE_OUT:
-        raise InputError(f"{out}: unsupported output format (use .mp4, .png or .jpg)")
+    check_output_file(out, VIDEO_OUT + IMAGE_OUT, {"motion file": args.motion, "overlay": args.overlay})
+    if not (is_finite_number(args.alpha) and 0 <= args.alpha <= 1):
+        raise InputError(f"--alpha must be a number from 0 to 1, got {args.alpha}")
     motion = load_motion(args.motion)
     backgrounds = None
     size: int | tuple[int, int] | None = args.size
@@ -58,7 +62,10 @@ def _cmd_render(args: argparse.Namespace) -> None:
             first = load_image(args.overlay)
             backgrounds = itertools.repeat(first)
         size = (first.shape[1], first.shape[0])
-    frames = render_motion(motion, size, progress=not args.quiet)
+    width, height = output_size(motion, size)
+    check_count(max(width, height), limits().output_side, f"pixels wide or high ({width}x{height})",
+                where=f"{out}: the render", name="output_side")
+    frames = render_motion(motion, (width, height), progress=not args.quiet)
     if backgrounds is not None:
         frames = (overlay(bg, image, mask, args.alpha) for (image, mask), bg in zip(frames, backgrounds))
     else:
@@ -153,22 +160,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
           f"over_frames.png, figures/, generated/)")
 
 
+#: The sampling flags, by SamplingOptions field.
+SAMPLING_FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "seed": "--seed",
+                  "scheduler": "--scheduler", "clip_length": "--clip-length", "overlap": "--overlap",
+                  "batch_size": "--batch-size"}
+
+
 def _sampling_options(args: argparse.Namespace):
-    """SamplingOptions from the sampling flags a command has (the others keep their defaults)."""
-    values = {"num_inference_steps": getattr(args, "steps", None), "guidance_scale": getattr(args, "guidance", None),
-              "seed": getattr(args, "seed", None), "scheduler": getattr(args, "scheduler", None),
-              "clip_length": getattr(args, "clip_length", None), "overlap": getattr(args, "overlap", None),
-              "batch_size": getattr(args, "batch_size", None)}
-    for flag, name in (("--steps", "num_inference_steps"), ("--clip-length", "clip_length"), ("--batch-size", "batch_size")):
-        if values[name] is not None and values[name] < 1:
-            raise InputError(f"{flag} must be at least 1")
-    options = SamplingOptions(**{k: v for k, v in values.items() if v is not None})
+    """SamplingOptions from the sampling flags a command has (the others keep their defaults); a value out
+    of range is one line naming its flag."""
+    values = {name: getattr(args, flag[2:].replace("-", "_"), None) for name, flag in SAMPLING_FLAGS.items()}
+    values = {name: value for name, value in values.items() if value is not None}
+    check_sampling(values, SAMPLING_FLAGS)
+    options = SamplingOptions(**values)
     if getattr(args, "no_ica", False):
         options.use_ica = False
     return options
 
 
 def _cmd_animate(args: argparse.Namespace) -> None:
+    sampling = _sampling_options(args)  # before importing torch: a bad flag fails at once
     from mimaface.audio import is_audio_path
     from mimaface.pipelines.animate import AnimateOptions, animate
     from mimaface.pipelines.retarget import RetargetConfig
@@ -178,7 +189,7 @@ def _cmd_animate(args: argparse.Namespace) -> None:
     from_audio = args.from_audio or is_audio_path(args.driving)
     scales = (1.0, 1.0, 1.0) if from_audio else (args.pose_scale, args.expression_scale, args.gaze_scale)
     options = AnimateOptions(
-        engine=args.engine, sampling=_sampling_options(args),
+        engine=args.engine, sampling=sampling,
         retarget=RetargetConfig(mode="absolute" if args.absolute else "relative", pose_multiplier=scales[0],
                                 expression_multiplier=scales[1], gaze_multiplier=scales[2],
                                 keep_pose=args.keep_pose, keep_gaze=args.keep_gaze),
@@ -186,18 +197,18 @@ def _cmd_animate(args: argparse.Namespace) -> None:
         paste=not args.crop, side_by_side=args.side_by_side, frames_dir=args.frames_dir, fps=args.fps,
         from_audio=args.from_audio, audio=_audio_motion_options(args), audio_track=args.audio,
         provenance=_provenance_options(args))
-    with _warnings_as_lines("animate") if from_audio else contextlib.nullcontext():
-        result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
-                         progress=not args.quiet)
+    result = animate(args.source, args.driving, args.output, options, checkpoint=args.checkpoint,
+                     progress=not args.quiet)
     print(f"wrote {args.output}: {result.num_frames} frame(s) in {result.num_clips} clip(s)")
 
 
 def _audio_motion_options(args: argparse.Namespace):
     """AudioMotionOptions from the audio flags (animate's --fps, when given, sets the motion's rate)."""
     from mimaface.audio import AudioMotionOptions
+    from mimaface.media import is_existing_path
 
     transcript = args.transcript
-    if transcript is not None and Path(transcript).is_file():
+    if transcript is not None and is_existing_path(transcript) and Path(transcript).is_file():
         try:
             transcript = Path(transcript).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -212,25 +223,37 @@ def _audio_motion_options(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def _warnings_as_lines(command: str):
-    """What audio_to_motion warns about (no speech found, transcript words not in the audio) as one
-    line each on stderr, like the errors."""
+    """What the inputs are warned about (UserWarning: no speech found, transcript words not in the audio, a
+    video cut short, an animated image read as its first frame) as one line each on stderr, like the
+    errors, when the command ends (not through its progress bars); other warnings are shown as Python shows
+    them."""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    caught = []
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def keep(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning):
+                caught.append(message)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = keep
         try:
             yield
         finally:
-            for warning in caught:
-                print(f"mimaface {command}: warning: {warning.message}", file=sys.stderr)
+            for message in caught:
+                print(f"mimaface {command}: warning: {message}", file=sys.stderr)
 
 
 def _cmd_audio2motion(args: argparse.Namespace) -> None:
     from mimaface.audio import audio_to_motion, save_motion
+    from mimaface.media import check_output_file
 
-    if Path(args.output).suffix.lower() not in (".npz", ".json"):
-        raise InputError(f"{args.output}: the output of audio2motion must be a .npz or .json file")
-    with _warnings_as_lines("audio2motion"):
-        motion = audio_to_motion(args.audio, _audio_motion_options(args), progress=not args.quiet)
+    check_output_file(args.output, (".npz", ".json"), {"audio": args.audio, "--pose-from motion": args.pose_from,
+                                                       "transcript": args.transcript})
+    motion = audio_to_motion(args.audio, _audio_motion_options(args), progress=not args.quiet)
     save_motion(motion, args.output)
     source = {"align": "the aligned transcript", "loop": "recognised phones", "loudness": "loudness"}[motion.extra["mode"]]
     print(f"wrote {args.output}: {motion.num_frames} frame(s) at {motion.fps:g} fps, lip sync from {source}, "
@@ -576,7 +599,8 @@ def _set_threads(threads: int | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         _set_threads(getattr(args, "threads", None))
-        code = args.func(args)  # verify returns its exit status; the others None
+        with _warnings_as_lines(args.command):
+            code = args.func(args)  # verify returns its exit status; the others None
     except MimafaceError as exc:
         print(f"mimaface {args.command}: error: {exc}", file=sys.stderr)
         return 2

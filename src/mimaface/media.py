@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import warnings
@@ -33,6 +34,7 @@ import numpy as np
 
 from mimaface.errors import InputError, one_line
 from mimaface.files import atomic_output, create_temp, replace_file
+from mimaface.limits import check_count, limits
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ts", ".mts", ".gif"})
@@ -50,32 +52,65 @@ VIDEO_PRESET = "veryfast"
 # --------------------------------------------------------------------------------------- images
 
 
-def load_image(path_or_array) -> np.ndarray:
-    """Read an image file (or convert an array / PIL image) to RGB ``uint8`` ``(H, W, 3)``."""
+def load_image(path_or_array, *, name: str | None = None) -> np.ndarray:
+    """Read an image file (or convert an array / PIL image) to RGB ``uint8`` ``(H, W, 3)``.
+
+    More than ``limits().image_pixels`` pixels is refused from the file's header, before anything is
+    decoded. An animated image (GIF, APNG, WebP) gives its first frame, with a warning; the other
+    frames are never decoded. ``name``: what errors call it (default: the path, or "image array")."""
     if isinstance(path_or_array, np.ndarray):
-        return to_rgb8(path_or_array, "image array")
+        name = name or "image array"
+        if path_or_array.ndim >= 2:
+            check_image_pixels(path_or_array.shape[1], path_or_array.shape[0], name)
+        return to_rgb8(path_or_array, name)
     if hasattr(path_or_array, "mode") and hasattr(path_or_array, "size"):  # a PIL image
-        return _pil_to_rgb8(path_or_array, "image")
+        check_image_pixels(*path_or_array.size, name or "image")
+        return _pil_to_rgb8(path_or_array, name or "image")
     path = existing_file(path_or_array)
+    name = name or str(path)
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    limit = limits().image_pixels
+    # Pillow's own guard, checked on the header inside Image.open, is set to the project's limit (for
+    # every Pillow user in the process); above it, its warning is an error here, like its error.
+    Image.MAX_IMAGE_PIXELS = limit
     try:
-        with Image.open(path) as im:
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if getattr(im, "is_animated", False):
+                warnings.warn(f"{name}: an animated image; only its first frame is read", stacklevel=2)
+            im.load()  # the first frame only
             im = ImageOps.exif_transpose(im)
-            return _pil_to_rgb8(im, str(path))
+            return _pil_to_rgb8(im, name)
     except InputError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))  # Pillow: "Image size (N pixels) exceeds limit of ..."
+        if pixels is not None:
+            check_count(int(pixels.group(1)), limit, "pixels", where=name, name="image_pixels")
+        raise InputError(f"{name}: {one_line(err)}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         pil_error = err
-    try:  # formats Pillow does not read (e.g. 16-bit RGB TIFF)
-        import imageio.v3 as iio
+    try:  # formats Pillow does not read (e.g. 16-bit RGB TIFF), by tifffile alone: imageio's other
+        import imageio.v3 as iio  # plugins would hand the path to ffmpeg or fetch it as a URL
 
-        return to_rgb8(np.asarray(iio.imread(path, index=0)), str(path))
+        height, width = iio.improps(path, index=0, plugin="tifffile").shape[:2]
+        check_image_pixels(width, height, name)
+        return to_rgb8(np.asarray(iio.imread(path, index=0, plugin="tifffile")), name)
     except InputError:
         raise
     except Exception:
-        raise InputError(f"{path}: not a readable image ({one_line(pil_error)})") from pil_error
+        video = path.suffix.lower() in VIDEO_EXTENSIONS - {".gif"}
+        kind = "a video, not an image" if video else "not a readable image"
+        raise InputError(f"{name}: {kind} ({one_line(pil_error)})") from pil_error
+
+
+def check_image_pixels(width: int, height: int, name: str) -> None:
+    """Refuse an image of more than ``limits().image_pixels`` pixels: one InputError line naming it."""
+    check_count(int(width) * int(height), limits().image_pixels, f"pixels ({width}x{height})", where=name,
+                name="image_pixels")
 
 
 def to_rgb8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -183,7 +218,10 @@ class VideoInfo:
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Frame rate, approximate frame count and frame size of a video file, without decoding it."""
+    """Frame rate, approximate frame count and frame size of a video file, without decoding it.
+
+    A frame of more than ``limits().video_pixels`` pixels, or more than ``limits().frames`` frames
+    declared, is an :class:`InputError`; so for :func:`iter_video_frames` and :func:`read_video`."""
     path = existing_file(path)
     reader, info = _open_video(path)
     reader.close()
@@ -193,8 +231,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """Yield the frames of a video as RGB ``uint8`` arrays, one at a time.
 
-    An unreadable file raises :class:`InputError` at once; a video with no frames, or one that
-    breaks off mid-way, raises it from the iteration (naming the frame)."""
+    An unreadable file raises :class:`InputError` at once; a video with no frames, one that breaks
+    off mid-way, or one with more frames than ``limits().frames`` (whatever its header said) raises it
+    from the iteration (naming the frame). A file that ends before the frames it declares (cut off)
+    gives what it has, with a warning."""
     path = existing_file(path)
     reader, info = _open_video(path)
     return _frames(reader, info, path)
@@ -222,26 +262,46 @@ def _open_video(path: Path):
     ffmpeg_logger = logging.getLogger("imageio_ffmpeg")
     if not any(isinstance(f, _RotationNotice) for f in ffmpeg_logger.filters):
         ffmpeg_logger.addFilter(_RotationNotice())
+    lim = limits()
     # passthrough: every decoded frame exactly once (by default ffmpeg would duplicate or drop frames
-    # of variable-rate videos and GIFs to fit a constant rate, e.g. 10 copies of a still GIF)
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=["-nostdin"],
-                                        output_params=["-fps_mode", "passthrough"])
+    # of variable-rate videos and GIFs to fit a constant rate, e.g. 10 copies of a still GIF).
+    # -max_pixels: the decoder itself refuses a larger frame (even one a stream switches to mid-way).
+    reader = imageio_ffmpeg.read_frames(ffmpeg_file(path), pix_fmt="rgb24", output_params=["-fps_mode", "passthrough"],
+                                        input_params=["-nostdin", *LOCAL_PROTOCOLS, "-max_pixels",
+                                                      str(lim.video_pixels)])
     try:
         meta = next(reader)
-    except Exception as err:  # ffmpeg could not open it, or found no video stream in it
+    except Exception as err:  # ffmpeg could not open it, found no video stream in it, or refused its size
         reader.close()
+        size = re.search(r"Picture size (\d+)x(\d+) exceeds specified max pixel count", str(err))
+        if size is not None:
+            _check_frame_size(path, int(size.group(1)), int(size.group(2)))
         raise InputError(f"{path}: not a readable video ({_ffmpeg_reason(err)})") from err
     width, height = meta["size"]
-    fps = float(meta.get("fps") or 0.0)
-    if fps <= 0:
-        warnings.warn(f"{path}: the video does not state its frame rate; assuming {DEFAULT_FPS:g} fps", stacklevel=3)
-        fps = DEFAULT_FPS
+    stated_fps = float(meta.get("fps") or 0.0)
+    fps = stated_fps if stated_fps > 0 else DEFAULT_FPS
     duration = float(meta.get("duration") or 0.0)
     num_frames = max(1, round(duration * fps)) if duration > 0 else None
+    try:
+        _check_frame_size(path, width, height)
+        if num_frames is not None:
+            check_count(num_frames, lim.frames, f"frames ({duration:g} s at {fps:g} fps)", where=str(path),
+                        name="frames")
+    except InputError:
+        reader.close()
+        raise
+    if stated_fps <= 0:
+        warnings.warn(f"{path}: the video does not state its frame rate; assuming {DEFAULT_FPS:g} fps", stacklevel=3)
     return reader, VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
 
 
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    check_count(width * height, limits().video_pixels, f"pixels per frame ({width}x{height})", where=str(path),
+                name="video_pixels")
+
+
 def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
+    limit = limits().frames
     count = 0
     try:
         while True:
@@ -252,11 +312,35 @@ def _frames(reader, info: VideoInfo, path: Path) -> Iterator[np.ndarray]:
             except Exception as err:
                 raise InputError(f"{path}: could not decode frame {count} ({_ffmpeg_reason(err)})") from err
             count += 1
+            check_count(count, limit, "frames read", where=str(path), name="frames")  # a header may say fewer
             yield np.frombuffer(data, np.uint8).reshape(info.height, info.width, 3).copy()
     finally:
         reader.close()  # stops ffmpeg when the consumer stops early
     if count == 0:
         raise InputError(f"{path}: the video has no frames")
+    if info.num_frames is not None and count < info.num_frames:
+        # Fewer frames than duration x rate is also what a variable frame rate gives; a cut-off file is
+        # one whose packets ffmpeg cannot all read.
+        damage = _demux_error(path)
+        if damage:
+            warnings.warn(f"{path}: decoded {count} of the {info.num_frames} frames the file declares; it may be "
+                          f"truncated ({damage})", stacklevel=2)
+
+
+def _demux_error(path: Path) -> str | None:
+    """What ffmpeg says is wrong reading every packet of the video stream without decoding it, None if
+    nothing: the demuxer's complaint when it has one (e.g. "partial file" for an MP4 cut short, "File
+    ended prematurely" for Matroska), else the first."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", *ffmpeg_input(path),
+                             "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+                            check=False, capture_output=True, text=True, errors="replace")
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    if not lines:
+        return None
+    line = next((line for line in lines if line.startswith("[in#")), lines[0])  # "[in#0/mov,mp4,... @ 0x..] ..."
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", line)
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
@@ -353,7 +437,7 @@ class VideoWriter:
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + width % 2}x{height + height % 2}",
                "-r", str(rate), "-i", "-", "-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", self.container, str(self._tmp)]
+               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", self.container, ffmpeg_file(self._tmp)]
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
 
@@ -377,10 +461,10 @@ class VideoWriter:
         muxed = create_temp(self.path)
         try:
             # "1:a:0?": the audio track when there is one.
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error", "-i", str(self._tmp),
-                   "-i", str(self.audio), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac",
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-loglevel", "error", *ffmpeg_input(self._tmp),
+                   *ffmpeg_input(self.audio), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac",
                    "-af", "apad", "-t", f"{float(duration):.6f}", "-movflags", "+faststart", "-f", self.container,
-                   str(muxed)]
+                   ffmpeg_file(muxed)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise InputError(f"{self.path}: could not add the audio of {self.audio} "
@@ -413,9 +497,65 @@ def has_audio(path: str | os.PathLike) -> bool:
     """Whether a media file has an audio stream."""
     import imageio_ffmpeg
 
-    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(existing_file(path))],
-                            capture_output=True, text=True)
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin",
+                             *ffmpeg_input(existing_file(path))], capture_output=True, text=True)
     return any("Audio:" in line for line in result.stderr.splitlines() if "Stream #" in line)
+
+
+#: Before an ffmpeg input: it may open local files and its own pipes, nothing else; this holds for what
+#: the input names inside itself too (a playlist's entries, a reference in a MOV).
+LOCAL_PROTOCOLS = ("-protocol_whitelist", "file,pipe")
+
+
+def ffmpeg_file(path: str | os.PathLike) -> str:
+    """``path`` as ffmpeg must be given it: ``file:`` and the absolute path, so that a file named
+    ``http:example.com.mp4`` or ``tcp:127.0.0.1:9.mp4`` is read as the local file it is, never as a URL."""
+    return "file:" + os.path.abspath(path)
+
+
+def ffmpeg_input(path: str | os.PathLike) -> list[str]:
+    """The ffmpeg arguments that read ``path``, a local file, and nothing but local files:
+    ``-protocol_whitelist file,pipe -i file:/absolute/path``. Every ffmpeg input in the project goes through it
+    (or through :data:`LOCAL_PROTOCOLS` and :func:`ffmpeg_file` where imageio-ffmpeg adds the ``-i``)."""
+    return [*LOCAL_PROTOCOLS, "-i", ffmpeg_file(path)]
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...],
+                      inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output file that cannot or must not be written: an unknown format (not one of ``suffixes``),
+    a missing folder, a folder, or one of ``inputs`` (what each is -> its path, None: not given; another
+    output too) under any name or link, so an input is never overwritten. One InputError line."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        kinds = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
+        raise InputError(f"{path}: unsupported output format, the output must be a {kinds} file")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: cannot write, folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an output file")
+    for what, given in inputs.items():
+        if given is not None and _same_file(path, Path(given)):
+            raise InputError(f"{path}: is the {what} ({given}); writing there would overwrite it, so choose "
+                             "another output file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file under any name or link when both exist; else the same resolved path (two outputs)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return not a.exists() and not b.exists() and a.resolve() == b.resolve()
+    except (OSError, ValueError):  # a name too long to be a file (a transcript given as text), a NUL
+        return False
+
+
+def is_existing_path(text: str | os.PathLike) -> bool:
+    """Whether ``text`` names something that exists (False for a name too long to be a file, such as a
+    transcript given as text)."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):  # ENAMETOOLONG; a NUL character
+        return False
 
 
 def existing_file(path) -> Path:

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mimaface.errors import InputError
-from mimaface.media import existing_file
+from mimaface.media import existing_file, ffmpeg_input
 
 SAMPLE_RATE = 16000
 #: The recogniser's and the envelope's frame: 10 ms.
@@ -106,7 +106,7 @@ def probe_audio(path: str | os.PathLike) -> float | None:
     import imageio_ffmpeg
 
     path = existing_file(path)
-    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", *ffmpeg_input(path)],
                             check=False, capture_output=True, text=True, errors="replace")
     streams = [line for line in result.stderr.splitlines() if "Stream #" in line]
     if not streams:
@@ -127,7 +127,7 @@ def read_pcm(path: str | os.PathLike, chunk_seconds: float = SpeechConfig.chunk_
     import imageio_ffmpeg
 
     path = existing_file(path)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:a:0",
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", *ffmpeg_input(path), "-map", "0:a:0",
            "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-"]
     chunk_bytes = 2 * max(HOP, int(chunk_seconds * SAMPLE_RATE) // HOP * HOP)
     with tempfile.TemporaryFile() as log:

@@ -22,16 +22,20 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from mimaface.audio import AudioMotionOptions, audio_to_motion, is_audio_path
 from mimaface.errors import InputError
-from mimaface.face3d.coefficients import MotionCoefficients, load_motion
+from mimaface.face3d.coefficients import MotionCoefficients, check_fps, load_motion
 from mimaface.face3d.pipeline import ExtractConfig, extract_motion
+from mimaface.limits import check_count, limits
 from mimaface.media import (
     VideoWriter,
+    check_output_file,
+    existing_file,
     is_video_path,
     iter_video_frames,
     load_image,
@@ -39,11 +43,13 @@ from mimaface.media import (
 )
 from mimaface.pipelines.compositing import PasteBack, side_by_side
 from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_source
-from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
-from mimaface.pipelines.pipeline import MIMAFacePipeline, to_uint8
+from mimaface.pipelines.options import SamplingOptions, is_finite_number, is_whole
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import SourceFace
 from mimaface.provenance import ProvenanceOptions, Stamp
+
+if TYPE_CHECKING:  # the diffusion pipeline (diffusers, ~6 s to import) is imported where it is used, so a
+    from mimaface.pipelines.pipeline import MIMAFacePipeline  # bad input to the warp engine fails at once
 
 MOTION_FILES = (".npz", ".json")
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -84,15 +90,44 @@ class AnimateResult:
     motion: MotionCoefficients  # what was animated: the driving retargeted onto the source (its crop's frame)
 
 
-def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: bool) -> MotionCoefficients:
-    path = Path(path)
-    if path.suffix.lower() in MOTION_FILES:
-        return load_motion(path)
+def driving_kind(path: str | os.PathLike, options: AnimateOptions) -> str:
+    """How a driving file is read: "motion" (.npz / MOTION.json, parsed), "audio" (speech), "video" or "image"
+    (face3d extraction)."""
+    if Path(path).suffix.lower() in MOTION_FILES:
+        return "motion"
     if options.from_audio or is_audio_path(path):
+        return "audio"
+    return "video" if is_video_path(path) else "image"
+
+
+def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: bool) -> MotionCoefficients:
+    kind = driving_kind(path, options)
+    if kind == "motion":
+        return load_motion(path)
+    if kind == "audio":
         audio = dataclasses.replace(options.audio, fps=options.fps or options.audio.fps)
         return audio_to_motion(path, audio, progress=progress)
     config = ExtractConfig(face_index=options.driving_face_index, max_gap=options.max_gap)
     return extract_motion(path, config, progress=progress)
+
+
+def check_options(options: AnimateOptions) -> None:
+    """The numbers of ``options`` (one InputError line for the first out of range); what depends on the
+    model is :func:`~mimaface.pipelines.pipeline.check_generation`'s."""
+    options.sampling.check()
+    if options.fps is not None:
+        check_fps(options.fps, "fps")
+    if not (is_whole(options.max_gap) and options.max_gap >= 0):
+        raise InputError(f"max_gap must be a whole number of at least 0, got {options.max_gap!r}")
+    for scale in ("pose_multiplier", "expression_multiplier", "gaze_multiplier"):
+        if not is_finite_number(getattr(options.retarget, scale)):
+            raise InputError(f"{scale} must be a finite number, got {getattr(options.retarget, scale)!r}")
+
+
+def _check_image_outputs(driving: MotionCoefficients, outputs: tuple) -> None:
+    for path in outputs:
+        if path is not None and Path(path).suffix.lower() in IMAGE_OUT and driving.num_frames != 1:
+            raise InputError(f"{path}: an image output needs a single driving frame; the driving has {driving.num_frames}")
 
 
 def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, output: str | os.PathLike,
@@ -110,29 +145,49 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     status: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
     output = Path(output)
     suffix = output.suffix.lower()
-    if suffix not in (".mp4", *IMAGE_OUT):
-        raise InputError(f"{output}: unsupported output format (use .mp4, or .png/.jpg for one frame)")
-    if not output.parent.is_dir():
-        raise InputError(f"{output}: cannot write, folder {output.parent} does not exist")
-    if options.sampling.scheduler not in SCHEDULER_NAMES:
-        raise InputError(f"unknown scheduler {options.sampling.scheduler!r} (use one of {', '.join(SCHEDULER_NAMES)})")
+    # First what costs nothing: the numbers, the paths, the model's settings and a motion file's contents.
+    check_options(options)
+    inputs = {"source": existing_file(source_path), "driving": existing_file(driving_path)}
+    if options.audio_track is not None:
+        inputs["audio track"] = existing_file(options.audio_track)
+    check_output_file(output, (".mp4", *IMAGE_OUT), inputs)
+    if options.side_by_side:
+        check_output_file(options.side_by_side, (".mp4", *IMAGE_OUT), inputs | {"output": output})
+    if options.frames_dir and Path(options.frames_dir).exists() and not Path(options.frames_dir).is_dir():
+        raise InputError(f"{options.frames_dir}: is a file, expected a folder for the frames")
     name = engine.name if engine is not None else choose_engine(options.engine, checkpoint)
     if engine is None and options.engine is None and name == "warp":
         status("no --checkpoint: animating with the mesh-warp engine (the bundled diffusion model knows only "
                "synthetic faces; --engine diffusion uses it)")
+    kind = driving_kind(driving_path, options)
+    driving = None
+    if kind == "motion":
+        driving = read_driving(driving_path, options, progress)
+        _check_image_outputs(driving, (output, options.side_by_side))
     image_size = None
     if name == "diffusion":
-        image_size = (engine.pipeline.image_size if engine is not None
-                      else MIMAFacePipeline.read_settings(checkpoint)["image_size"])
+        from mimaface.pipelines.pipeline import MIMAFacePipeline, check_generation
+
+        settings = engine.pipeline.settings() if engine is not None else MIMAFacePipeline.read_settings(checkpoint)
+        image_size = settings["image_size"]
+        single = kind == "image" or (driving is not None and driving.num_frames == 1)
+        sampling = options.sampling
+        check_generation(settings, video=not single and settings["max_clip_length"] is not None,
+                         num_inference_steps=sampling.num_inference_steps, clip_length=sampling.clip_length,
+                         overlap=sampling.overlap, use_ica=sampling.use_ica, batch_size=sampling.batch_size,
+                         num_frames=None if driving is None else driving.num_frames)
 
     status(f"finding the face in {source_path}")
-    source = prepare_engine_source(name, load_image(source_path), image_size, face_index=options.face_index,
-                                   name=str(source_path))
+    picture = load_image(source_path)
+    if options.paste:  # the frames are the whole picture
+        check_count(max(picture.shape[:2]), limits().output_side, f"pixels wide or high ({picture.shape[1]}x"
+                    f"{picture.shape[0]})", where=f"{source_path} (the output takes its size; --crop writes the face "
+                    "crop alone)", name="output_side")
+    source = prepare_engine_source(name, picture, image_size, face_index=options.face_index, name=str(source_path))
     status(f"reading the driving motion from {driving_path}")
-    driving = read_driving(driving_path, options, progress)
-    for path in (output, options.side_by_side):
-        if path is not None and Path(path).suffix.lower() in IMAGE_OUT and driving.num_frames != 1:
-            raise InputError(f"{path}: an image output needs a single driving frame; the driving has {driving.num_frames}")
+    if driving is None:
+        driving = read_driving(driving_path, options, progress)
+        _check_image_outputs(driving, (output, options.side_by_side))
     motion = retarget(source.coefficients, driving, options.retarget)
     fps = options.fps or driving.fps
 
@@ -230,6 +285,8 @@ def composed_frames(source: SourceFace, engine: Engine, clips, *, paste: bool = 
     """(frame to write, its I_R, clip index) for every frame the engine yields: pasted into the source
     picture through the engine's mask (colour-matched once) or the crops, and watermarked by ``stamp``
     (None: --no-watermark)."""
+    from mimaface.pipelines.pipeline import to_uint8
+
     paste_back = (PasteBack(source.image, source.box, source.crop, engine.source_silhouette(source),
                             match_colour=engine.name != "warp") if paste else None)
     for clip in clips:

@@ -28,8 +28,9 @@ retargeting a driving video's motion and pasting the result back are built on to
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +54,11 @@ from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.face3d.model import FaceModel
 from mimaface.face3d.pipeline import render_motion
+from mimaface.limits import check_count, limits
 from mimaface.models.errors import ModelLoadError
 from mimaface.models.ica import ica_condition_from_previous, max_conditioning_frames
 from mimaface.models.mimaface_model import MIMAFaceModel
-from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions
+from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions, check_sampling, is_whole
 
 #: The samplers by name, configured from the pipeline's noise schedule:
 #: ``pipeline.scheduler = SCHEDULERS[name].from_config(pipeline.scheduler.config)``.
@@ -106,6 +108,69 @@ def clip_windows(num_frames: int, clip_length: int, overlap: int) -> list[tuple[
         start = windows[-1][0] + clip_length - overlap
         windows.append((start, start + overlap))
     return windows
+
+
+def check_generation(settings: Mapping, *, video: bool, num_inference_steps: int, clip_length: int | None,
+                     overlap: int | None, use_ica: bool, batch_size: int,
+                     num_frames: int | None = None) -> tuple[int, int]:
+    """The clip length F and ICA overlap k a generation uses (``clip_length`` / ``overlap`` None: as the model
+    was trained; k is 0 without ICA), once what depends on the model is checked: no more denoising steps than
+    its noise schedule has, clips no longer than its motion modules know and longer than the overlap, and at
+    most ``limits().batch_frames`` frames in one pass of the denoiser (the VAE codes no more at once).
+
+    ``settings``: :meth:`MIMAFacePipeline.read_settings` (so this runs before the model loads) or a loaded
+    pipeline's :meth:`~MIMAFacePipeline.settings`; ``video``: clips (False: the image mode, independent
+    frames); ``num_frames``: the motion's, when known (a batch holds at most that many frames or clips).
+    The arguments themselves are :func:`~mimaface.pipelines.options.check_sampling`'s."""
+    schedule = settings["num_train_timesteps"]
+    if schedule is not None and num_inference_steps > schedule:
+        raise InputError(f"{num_inference_steps} denoising steps are more than the {schedule} steps of the model's "
+                         "noise schedule")
+    f = settings["clip_length"] if clip_length is None else clip_length
+    k = (settings["overlap"] if overlap is None else overlap) if use_ica else 0
+    batch = batch_size if num_frames is None else min(batch_size, num_frames)
+    per_pass, how = batch, "batch_size"
+    if video:
+        most = settings["max_clip_length"]
+        if most is not None and f > most:
+            raise InputError(f"a clip length of {f} frames is more than the {most} the model's motion modules know")
+        if k >= f:
+            trained = " (as the model was trained)"
+            raise InputError(f"the ICA overlap of {k} frame(s){'' if overlap is not None else trained} must be below "
+                             f"the clip length of {f}{'' if clip_length is not None else trained}: give a longer "
+                             "clip, a smaller overlap, or no ICA")
+        clips = batch if num_frames is None else min(batch, -(-num_frames // f))  # without ICA, F new frames each
+        per_pass, how = (f, "clip_length") if use_ica else (f * clips, "batch_size x clip_length")
+    check_count(per_pass, limits().batch_frames, f"frames in one denoising pass ({how})", where="generation",
+                name="batch_frames")
+    return f, k
+
+
+def _check_settings(image_size: object, clip_length: object, overlap: object, where: str, scale: int = 1) -> None:
+    """A pipeline's own settings: a crop size of 1 to ``limits().output_side`` pixels (a multiple of the VAE's
+    ``scale``), a clip length of at least 1 and an overlap below it."""
+    side = limits().output_side
+    if not is_whole(image_size) or not 1 <= image_size <= side or image_size % scale:
+        raise InputError(f"{where}: image_size must be a multiple of {scale} from {scale} to {side} (the limit of "
+                         f"an output's side), got {image_size!r}")
+    if not is_whole(clip_length) or clip_length < 1:
+        raise InputError(f"{where}: clip_length must be a whole number of at least 1, got {clip_length!r}")
+    if not is_whole(overlap) or not 0 <= overlap < clip_length:
+        raise InputError(f"{where}: overlap must be a whole number from 0 to clip_length - 1 = {clip_length - 1}, "
+                         f"got {overlap!r}")
+
+
+def _read_json(path: Path) -> dict | None:
+    """A component's config file, None if there is none; one ModelLoadError line if it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"'{path}' is not a readable config ({exc}); expected {SAVED_HOW}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"'{path}' is not a config (a JSON object); expected {SAVED_HOW}")
+    return config
 
 
 def _pipeline_folder(path: str | os.PathLike | None) -> Path:
@@ -167,6 +232,7 @@ class MIMAFacePipeline(DiffusionPipeline):
         self.register_modules(model=model, vae=vae, scheduler=scheduler)
         if overlap is None:
             overlap = max(1, max_conditioning_frames(clip_length, model.config.ica))
+        _check_settings(image_size, clip_length, overlap, "MIMAFacePipeline", model.config.vae_scale_factor)
         self.register_to_config(image_size=int(image_size), clip_length=int(clip_length), overlap=int(overlap))
         self.face_model = FaceModel.load()
         self._interrupt = False
@@ -194,9 +260,24 @@ class MIMAFacePipeline(DiffusionPipeline):
 
     @classmethod
     def read_settings(cls, pretrained_model_name_or_path: str | os.PathLike | None = None) -> dict:
-        """The pipeline config of a saved folder (``image_size``, ``clip_length``, ``overlap``) without
-        loading any weights, so inputs can be checked before the model loads."""
-        return dict(cls.load_config(_pipeline_folder(pretrained_model_name_or_path)))
+        """The pipeline config of a saved folder (``image_size``, ``clip_length``, ``overlap``), checked,
+        and what else generation with it allows (``max_clip_length``: the frames its motion modules know,
+        None without them; ``num_train_timesteps``: the steps of its noise schedule), without loading any
+        weights, so inputs can be checked (:func:`check_generation`) before the model loads."""
+        folder = _pipeline_folder(pretrained_model_name_or_path)
+        settings = dict(cls.load_config(folder))
+        _check_settings(settings.get("image_size"), settings.get("clip_length"), settings.get("overlap"),
+                        str(folder / "model_index.json"))
+        adapter = _read_json(folder / "model" / "motion_adapter" / "config.json")
+        schedule = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
+        settings["max_clip_length"] = None if adapter is None else adapter.get("motion_max_seq_length")
+        settings["num_train_timesteps"] = schedule.get("num_train_timesteps")
+        return settings
+
+    def settings(self) -> dict:
+        """:meth:`read_settings` of this loaded pipeline."""
+        return {**self.config, "max_clip_length": self.model.denoiser.max_frames,
+                "num_train_timesteps": self.scheduler.config.get("num_train_timesteps")}
 
     # -- settings -----------------------------------------------------------------------------
     @property
@@ -305,17 +386,19 @@ class MIMAFacePipeline(DiffusionPipeline):
             raise InputError(f"the source crop must be a ({size}, {size}, 3) uint8 array for this model, got {got}")
         if not isinstance(motion, MotionCoefficients):
             raise InputError(f"motion must be MotionCoefficients, got {type(motion).__name__}")
+        motion.for_model(self.face_model)
         n = motion.num_frames
-        if n < 1:
-            raise InputError("the motion has no frames")
-        if num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if not np.isfinite(guidance_scale):
-            raise InputError(f"guidance_scale must be a finite number, got {guidance_scale}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        if decode_chunk_size < 1:
-            raise InputError(f"decode_chunk_size must be at least 1, got {decode_chunk_size}")
+        check_sampling({"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                        "clip_length": clip_length, "overlap": overlap, "use_ica": use_ica, "batch_size": batch_size,
+                        "decode_chunk_size": decode_chunk_size})
+        f, k = check_generation(self.settings(), video=not self._image_mode(motion),
+                                num_inference_steps=num_inference_steps, clip_length=clip_length, overlap=overlap,
+                                use_ica=use_ica, batch_size=batch_size, num_frames=n)
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in
+                                             (generator if isinstance(generator, list) else [generator])):
+            raise InputError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
+        if latents is not None and not (isinstance(latents, torch.Tensor) and torch.isfinite(latents).all()):
+            raise InputError("latents must be a tensor of finite numbers")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -361,8 +444,6 @@ class MIMAFacePipeline(DiffusionPipeline):
                 self.maybe_free_model_hooks()
             return
 
-        f = clip_length or self.config.clip_length
-        k = (self.config.overlap if overlap is None else overlap) if use_ica else 0
         windows = clip_windows(n, f, k)
         self._num_clips = len(windows)
         index = torch.stack([torch.clamp(torch.arange(start, start + f), max=n - 1) for start, _ in windows])

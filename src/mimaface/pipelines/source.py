@@ -8,6 +8,7 @@ crop's own frame, which is the frame the model's I_R renders live in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,9 @@ from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.face3d.crop import boxes_from_pose, crop_square, landmarks_to_crop, neutral_face_box
 from mimaface.face3d.fitting import FaceFitter
 from mimaface.face3d.landmarks import detect_face
+from mimaface.limits import limits
+from mimaface.media import check_image_pixels, load_image
+from mimaface.pipelines.options import is_finite_number, is_whole
 
 MIN_FACE_PIXELS = 24
 NATIVE_MAX_SIZE = 1024  # the largest crop taken at the photo's own resolution
@@ -36,8 +40,18 @@ def prepare_source(image: np.ndarray, size: int | None, *, face_index: int | Non
                    crop_offset_y: float = 0.0, max_size: int = NATIVE_MAX_SIZE, fitter: FaceFitter | None = None,
                    name: str = "the source") -> SourceFace:
     """Detect the face (the largest, or ``face_index``), crop it at ``size`` x ``size`` and fit it.
-    ``size`` None: the photo's own resolution (the box side in pixels, even, at most ``max_size``)."""
+    ``size`` None: the photo's own resolution (the box side in pixels, even, at most ``max_size``).
+    ``image``: any image array :func:`~mimaface.media.load_image` takes (of at most ``limits().image_pixels``);
+    sizes are ``MIN_FACE_PIXELS`` to ``limits().output_side``, ``crop_scale`` a positive number."""
     image = _rgb(image, name)
+    side = limits().output_side
+    for what, value in (("size", size), ("max_size", max_size)):
+        if value is not None and not (is_whole(value) and MIN_FACE_PIXELS <= value <= side):
+            raise InputError(f"{name}: the crop {what} must be a whole number from {MIN_FACE_PIXELS} to {side} "
+                             f"(the limit of an output's side), got {value!r}")
+    for what, value, low in (("crop_scale", crop_scale, 0.0), ("crop_offset_y", crop_offset_y, -math.inf)):
+        if not (is_finite_number(value) and value > low):
+            raise InputError(f"{name}: {what} must be a finite number{' above 0' if low == 0 else ''}, got {value!r}")
     fitter = fitter or FaceFitter()
     height, width = image.shape[:2]
     face = detect_face(image, face_index, source=name)
@@ -48,6 +62,7 @@ def prepare_source(image: np.ndarray, size: int | None, *, face_index: int | Non
     fit = fitter.fit(landmarks, width, height, smooth=False)
     reference, extent = neutral_face_box(fitter.model, fit.identity)
     box = boxes_from_pose(fit.pose, reference, extent, width, height, crop_scale, crop_offset_y)[0]
+    check_image_pixels(math.ceil(box[2]), math.ceil(box[2]), f"{name}: the crop (crop_scale {crop_scale:g})")
     if size is None:
         size = int(min(max_size, max(MIN_FACE_PIXELS, round(box[2] / 2) * 2)))
     crop = crop_square(image, box[0] - box[2] / 2, box[1] - box[2] / 2, box[2], size)
@@ -70,14 +85,8 @@ def aligned_source(crop: np.ndarray, coefficients: MotionCoefficients) -> Source
 
 
 def _rgb(image: np.ndarray, name: str) -> np.ndarray:
-    """Grey (H, W) or (H, W, 1) and RGBA images become RGB uint8."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise InputError(f"{name}: expected an RGB, RGBA or grey image, got an array of shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise InputError(f"{name}: expected 8-bit pixels, got {image.dtype}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, 2)
-    return np.ascontiguousarray(image[..., :3])
+    """An image array as RGB uint8, as :func:`~mimaface.media.load_image` converts one (grey expanded, alpha
+    composited on white, floats in [0, 1] and finite), within the pixel limit."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected an image array (H x W x 3), got {type(image).__name__}")
+    return load_image(image, name=name)

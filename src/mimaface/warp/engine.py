@@ -42,6 +42,7 @@ from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.face3d.landmarks import LandmarkDetector
 from mimaface.face3d.model import NUM_LANDMARKS, NUM_VERTICES, FaceModel
 from mimaface.face3d.render import interpolate, rasterize, vertex_normals
+from mimaface.limits import limits
 from mimaface.pipelines.pipeline import (
     GeneratedClip,
     MIMAFacePipeline,
@@ -55,7 +56,7 @@ from mimaface.warp.mouth import MouthPainter
 from mimaface.warp.pixels import PixelSet, rasterize_window
 
 OUTPUT_TYPES = ("np", "pil", "pt")
-MIN_SIZE, MAX_SIZE = 32, 4096  # accepted crop sides (pixels)
+MIN_SIZE = 32  # the smallest crop side accepted (pixels); the largest is limits().output_side
 MAX_CLIP_BYTES = 2**32  # the most one yielded clip's float frames may hold
 GREY_LIGHT, GREY_AMBIENT = (0.3, 0.3, 1.0), 0.25  # render_grey's defaults, for I_R
 DETECTION_AGREEMENT = 0.06  # detections further from the fit than this (mean, in face widths) are not used
@@ -88,8 +89,8 @@ class WarpConfig:
     detect_landmarks: bool = True
 
     def __post_init__(self) -> None:
-        if self.map_size is not None and not MIN_SIZE <= self.map_size <= MAX_SIZE:
-            raise InputError(f"map_size must be None or {MIN_SIZE}..{MAX_SIZE}, got {self.map_size}")
+        if self.map_size is not None and self.map_size < MIN_SIZE:  # (never rasterised larger than the crop)
+            raise InputError(f"map_size must be None or at least {MIN_SIZE}, got {self.map_size}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise InputError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.batch_size < 1:
@@ -181,8 +182,9 @@ class MeshWarpPipeline:
                 or image.shape[0] != image.shape[1]:
             got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
             raise InputError(f"the source crop must be a square (S, S, 3) uint8 array, got {got}")
-        if not MIN_SIZE <= image.shape[0] <= MAX_SIZE:
-            raise InputError(f"the source crop must be {MIN_SIZE} to {MAX_SIZE} pixels wide, got {image.shape[0]}")
+        if not MIN_SIZE <= image.shape[0] <= limits().output_side:
+            raise InputError(f"the source crop must be {MIN_SIZE} to {limits().output_side} pixels wide (the limit of "
+                             f"an output's side), got {image.shape[0]}")
         for name, coefficients in (("motion", motion), ("source_coefficients", source)):
             if not isinstance(coefficients, MotionCoefficients):
                 raise InputError(f"{name} must be MotionCoefficients, got {type(coefficients).__name__}")
