@@ -10,8 +10,8 @@ import subprocess
 import imageio_ffmpeg
 import numpy as np
 import pytest
-
 from conftest import motion_of
+
 from mimaface.cli import main as cli_main
 from mimaface.demo import asset_path
 from mimaface.face3d.coefficients import load_motion

@@ -10,7 +10,8 @@ import torch
 
 from mimaface.demo import run_demo
 from mimaface.media import probe_video
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, MIMAFacePipeline
+from mimaface.pipelines.pipeline import MIMAFacePipeline
+from mimaface.pipelines.settings import BUNDLED_MODEL
 
 
 def test_bundled_model_is_small_complete_and_documented():

@@ -20,7 +20,8 @@ from mimaface.media import write_image, write_video
 from mimaface.pipelines import animate as animate_module
 from mimaface.pipelines.engines import Engine
 from mimaface.pipelines.options import SamplingOptions
-from mimaface.pipelines.pipeline import MIMAFacePipeline, check_generation
+from mimaface.pipelines.pipeline import MIMAFacePipeline
+from mimaface.pipelines.settings import check_generation
 
 
 def run(capsys, *args) -> tuple[int, str]:

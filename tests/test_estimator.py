@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mimaface.data.clipstore import read_dataset_info
+from mimaface.errors import ModelLoadError
 from mimaface.evaluation.estimator import (
     EstimatorTraining,
     FaceEstimator,
@@ -21,7 +22,6 @@ from mimaface.evaluation.estimator import (
     measure_estimator,
     train_estimator,
 )
-from mimaface.models.errors import ModelLoadError
 from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip
 from mimaface.synthtalk.generator import render_coefficients
 

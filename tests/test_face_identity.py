@@ -17,7 +17,7 @@ from matplotlib.cbook import get_sample_data
 from PIL import Image
 
 from mimaface.demo import asset_path
-from mimaface.errors import FaceNotFoundError, InputError
+from mimaface.errors import FaceNotFoundError, InputError, ModelLoadError
 from mimaface.evaluation import face_identity
 from mimaface.evaluation.face_identity import (
     DLIB_SAME_PERSON_DISTANCE,
@@ -27,7 +27,6 @@ from mimaface.evaluation.face_identity import (
     locate_models,
 )
 from mimaface.media import load_image
-from mimaface.models.errors import ModelLoadError
 
 
 @pytest.fixture(scope="module")

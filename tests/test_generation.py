@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import motion_of
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from conftest import motion_of
 from mimaface.pipelines.pipeline import SCHEDULERS, MIMAFacePipeline, clip_windows, to_uint8
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimaface.errors import InputError
+from mimaface.errors import InputError, ModelLoadError
 from mimaface.evaluation.perceptual import (
     LPIPS,
     FIDInceptionV3,
@@ -23,7 +23,6 @@ from mimaface.evaluation.perceptual import (
     frechet_distance_of_features,
     inception_features,
 )
-from mimaface.models.errors import ModelLoadError
 
 # conv index in `features` -> weight shape
 ALEXNET_CONVS = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}

@@ -17,8 +17,9 @@ from mimaface.face3d.coefficients import MotionCoefficients, motion_from_json
 from mimaface.media import load_image, write_image, write_video
 from mimaface.pipelines.compositing import side_by_side
 from mimaface.pipelines.options import SamplingOptions
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, GeneratedVideo, MIMAFacePipeline
+from mimaface.pipelines.pipeline import GeneratedVideo, MIMAFacePipeline
 from mimaface.pipelines.retarget import RetargetConfig, retarget
+from mimaface.pipelines.settings import BUNDLED_MODEL
 from mimaface.pipelines.source import aligned_source
 from mimaface.provenance import ProvenanceOptions, Stamp
 from mimaface.synthtalk import SynthConfig, held_out_identities, render_clip, render_identity

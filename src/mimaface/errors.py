@@ -9,6 +9,13 @@ class InputError(MimafaceError):
     """A file is missing, unreadable, empty or of an unsupported kind."""
 
 
+class ModelLoadError(InputError):
+    """A model folder is missing, incomplete, of the wrong kind, or does not fit the other parts.
+
+    The message names the folder, what was expected there, and how to provide it.
+    """
+
+
 class FaceNotFoundError(MimafaceError):
     """No face was found where one is needed (an image, or some frames of a video)."""
 

@@ -11,8 +11,8 @@ difference is marked when it is larger than the spread of the two seeds of both 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -32,10 +32,9 @@ from tqdm.auto import tqdm
 
 from mimaface import files
 from mimaface.data.clipstore import list_clips, read_dataset_info
-from mimaface.errors import InputError
+from mimaface.errors import InputError, ModelLoadError
 from mimaface.face3d.model import FaceModel
 from mimaface.models import loading
-from mimaface.models.errors import ModelLoadError
 from mimaface.synthtalk import SynthConfig
 from mimaface.synthtalk.generator import render_coefficients
 

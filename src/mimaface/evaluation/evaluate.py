@@ -43,11 +43,12 @@ from mimaface.evaluation.perceptual import (
     frechet_distance_of_features,
 )
 from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.engines import Engine, choose_engine
-from mimaface.pipelines.pipeline import BUNDLED_MODEL, GeneratedVideo
-from mimaface.pipelines.source import aligned_source
+from mimaface.pipelines.options import SamplingOptions
+from mimaface.pipelines.pipeline import GeneratedVideo
 from mimaface.pipelines.retarget import RetargetConfig, retarget
+from mimaface.pipelines.settings import BUNDLED_MODEL
+from mimaface.pipelines.source import aligned_source
 from mimaface.synthtalk import SynthConfig, render_identity
 
 MODES = ("same", "cross")

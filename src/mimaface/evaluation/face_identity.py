@@ -27,8 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mimaface.errors import FaceNotFoundError, InputError
-from mimaface.models.errors import ModelLoadError
+from mimaface.errors import FaceNotFoundError, InputError, ModelLoadError
 
 MODEL_PACKAGE = "face_recognition_models"
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mimaface.models.errors import ModelLoadError
+from mimaface.errors import ModelLoadError
 
 
 class PerceptualWeightsError(ModelLoadError):

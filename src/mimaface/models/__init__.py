@@ -3,6 +3,7 @@
 Importing this package imports torch, diffusers and transformers.
 """
 
+from mimaface.errors import ModelLoadError
 from mimaface.models.appearance import AppearanceEncoder, MotionIdentityAppearance
 from mimaface.models.config import (
     AugmentConfig,
@@ -11,7 +12,6 @@ from mimaface.models.config import (
     MIAConfig,
     MIMAFaceConfig,
 )
-from mimaface.models.errors import ModelLoadError
 from mimaface.models.ica import (
     ICACondition,
     ica_condition_from_previous,

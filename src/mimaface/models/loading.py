@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mimaface.models.errors import ModelLoadError
+from mimaface.errors import ModelLoadError
 
 SD15_HOW = ("a diffusers-format Stable Diffusion 1.5 folder (model_index.json, unet/, vae/), e.g. a copy of "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5' made on a machine with network access "

@@ -30,10 +30,10 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from mimaface.errors import ModelLoadError
 from mimaface.models import loading
 from mimaface.models.appearance import AppearanceEncoder, MotionIdentityAppearance
 from mimaface.models.config import MIMAFaceConfig
-from mimaface.models.errors import ModelLoadError
 from mimaface.models.identity_loss import IdentityContrastiveLoss
 from mimaface.models.unet import ConditionedUNet, zero_init_motion_modules
 

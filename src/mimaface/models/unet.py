@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from diffusers import MotionAdapter, UNet2DConditionModel
 from torch import nn
 
-from mimaface.models.errors import ModelLoadError
+from mimaface.errors import ModelLoadError
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> None:

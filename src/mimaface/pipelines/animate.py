@@ -45,6 +45,7 @@ from mimaface.pipelines.compositing import PasteBack, side_by_side
 from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_source
 from mimaface.pipelines.options import SamplingOptions, is_finite_number, is_whole
 from mimaface.pipelines.retarget import RetargetConfig, retarget
+from mimaface.pipelines.settings import check_generation, read_settings
 from mimaface.pipelines.source import SourceFace
 from mimaface.provenance import ProvenanceOptions, Stamp
 
@@ -113,7 +114,7 @@ def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: boo
 
 def check_options(options: AnimateOptions) -> None:
     """The numbers of ``options`` (one InputError line for the first out of range); what depends on the
-    model is :func:`~mimaface.pipelines.pipeline.check_generation`'s."""
+    model is :func:`~mimaface.pipelines.settings.check_generation`'s."""
     options.sampling.check()
     if options.fps is not None:
         check_fps(options.fps, "fps")
@@ -166,9 +167,7 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
         _check_image_outputs(driving, (output, options.side_by_side))
     image_size = None
     if name == "diffusion":
-        from mimaface.pipelines.pipeline import MIMAFacePipeline, check_generation
-
-        settings = engine.pipeline.settings() if engine is not None else MIMAFacePipeline.read_settings(checkpoint)
+        settings = engine.pipeline.settings() if engine is not None else read_settings(checkpoint)
         image_size = settings["image_size"]
         single = kind == "image" or (driving is not None and driving.num_frames == 1)
         sampling = options.sampling

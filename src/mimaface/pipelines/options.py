@@ -30,7 +30,7 @@ def is_finite_number(value: object) -> bool:
 
 #: What each sampling value must be (None for clip_length and overlap: as the model was trained). What a
 #: model allows beyond this (the clip length its motion modules know, the steps of its noise schedule) is
-#: checked by :func:`mimaface.pipelines.pipeline.check_generation`.
+#: checked by :func:`mimaface.pipelines.settings.check_generation`.
 SAMPLING_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "num_inference_steps": (lambda v: is_whole(v) and v >= 1, "a whole number of at least 1"),
     "guidance_scale": (lambda v: is_finite_number(v) and v >= 0, "a finite number of at least 0 (1: no guidance)"),

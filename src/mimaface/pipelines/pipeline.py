@@ -28,11 +28,9 @@ retargeting a driving video's motion and pasting the result back are built on to
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -50,24 +48,21 @@ from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from mimaface.errors import InputError
+from mimaface.errors import InputError, ModelLoadError
 from mimaface.face3d.coefficients import MotionCoefficients
 from mimaface.face3d.model import FaceModel
 from mimaface.face3d.pipeline import render_motion
-from mimaface.limits import check_count, limits
-from mimaface.models.errors import ModelLoadError
 from mimaface.models.ica import ica_condition_from_previous, max_conditioning_frames
 from mimaface.models.mimaface_model import MIMAFaceModel
-from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions, check_sampling, is_whole
+from mimaface.pipelines.options import SCHEDULER_NAMES, SamplingOptions, check_sampling
+from mimaface.pipelines.settings import SAVED_HOW, check_generation, check_settings, pipeline_folder, read_settings
 
 #: The samplers by name, configured from the pipeline's noise schedule:
 #: ``pipeline.scheduler = SCHEDULERS[name].from_config(pipeline.scheduler.config)``.
 SCHEDULERS: dict[str, type[SchedulerMixin]] = dict(zip(SCHEDULER_NAMES, (DDIMScheduler, EulerDiscreteScheduler,
                                                                          DPMSolverMultistepScheduler)))
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "tiny_model"
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-SAVED_HOW = "a folder written by MIMAFacePipeline.save_pretrained or `mimaface train` (RUN_DIR/final)"
 
 
 @dataclass
@@ -108,80 +103,6 @@ def clip_windows(num_frames: int, clip_length: int, overlap: int) -> list[tuple[
         start = windows[-1][0] + clip_length - overlap
         windows.append((start, start + overlap))
     return windows
-
-
-def check_generation(settings: Mapping, *, video: bool, num_inference_steps: int, clip_length: int | None,
-                     overlap: int | None, use_ica: bool, batch_size: int,
-                     num_frames: int | None = None) -> tuple[int, int]:
-    """The clip length F and ICA overlap k a generation uses (``clip_length`` / ``overlap`` None: as the model
-    was trained; k is 0 without ICA), once what depends on the model is checked: no more denoising steps than
-    its noise schedule has, clips no longer than its motion modules know and longer than the overlap, and at
-    most ``limits().batch_frames`` frames in one pass of the denoiser (the VAE codes no more at once).
-
-    ``settings``: :meth:`MIMAFacePipeline.read_settings` (so this runs before the model loads) or a loaded
-    pipeline's :meth:`~MIMAFacePipeline.settings`; ``video``: clips (False: the image mode, independent
-    frames); ``num_frames``: the motion's, when known (a batch holds at most that many frames or clips).
-    The arguments themselves are :func:`~mimaface.pipelines.options.check_sampling`'s."""
-    schedule = settings["num_train_timesteps"]
-    if schedule is not None and num_inference_steps > schedule:
-        raise InputError(f"{num_inference_steps} denoising steps are more than the {schedule} steps of the model's "
-                         "noise schedule")
-    f = settings["clip_length"] if clip_length is None else clip_length
-    k = (settings["overlap"] if overlap is None else overlap) if use_ica else 0
-    batch = batch_size if num_frames is None else min(batch_size, num_frames)
-    per_pass, how = batch, "batch_size"
-    if video:
-        most = settings["max_clip_length"]
-        if most is not None and f > most:
-            raise InputError(f"a clip length of {f} frames is more than the {most} the model's motion modules know")
-        if k >= f:
-            trained = " (as the model was trained)"
-            raise InputError(f"the ICA overlap of {k} frame(s){'' if overlap is not None else trained} must be below "
-                             f"the clip length of {f}{'' if clip_length is not None else trained}: give a longer "
-                             "clip, a smaller overlap, or no ICA")
-        clips = batch if num_frames is None else min(batch, -(-num_frames // f))  # without ICA, F new frames each
-        per_pass, how = (f, "clip_length") if use_ica else (f * clips, "batch_size x clip_length")
-    check_count(per_pass, limits().batch_frames, f"frames in one denoising pass ({how})", where="generation",
-                name="batch_frames")
-    return f, k
-
-
-def _check_settings(image_size: object, clip_length: object, overlap: object, where: str, scale: int = 1) -> None:
-    """A pipeline's own settings: a crop size of 1 to ``limits().output_side`` pixels (a multiple of the VAE's
-    ``scale``), a clip length of at least 1 and an overlap below it."""
-    side = limits().output_side
-    if not is_whole(image_size) or not 1 <= image_size <= side or image_size % scale:
-        raise InputError(f"{where}: image_size must be a multiple of {scale} from {scale} to {side} (the limit of "
-                         f"an output's side), got {image_size!r}")
-    if not is_whole(clip_length) or clip_length < 1:
-        raise InputError(f"{where}: clip_length must be a whole number of at least 1, got {clip_length!r}")
-    if not is_whole(overlap) or not 0 <= overlap < clip_length:
-        raise InputError(f"{where}: overlap must be a whole number from 0 to clip_length - 1 = {clip_length - 1}, "
-                         f"got {overlap!r}")
-
-
-def _read_json(path: Path) -> dict | None:
-    """A component's config file, None if there is none; one ModelLoadError line if it is not JSON."""
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"'{path}' is not a readable config ({exc}); expected {SAVED_HOW}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"'{path}' is not a config (a JSON object); expected {SAVED_HOW}")
-    return config
-
-
-def _pipeline_folder(path: str | os.PathLike | None) -> Path:
-    """A local pipeline folder (None: the bundled model), or one ModelLoadError line saying what is wrong."""
-    folder = Path(path) if path is not None else BUNDLED_MODEL
-    if not folder.is_dir():
-        state = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise ModelLoadError(f"model folder '{folder}' {state}; expected {SAVED_HOW}")
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"'{folder}' has no model_index.json, so it is not a MIMAFace pipeline; expected {SAVED_HOW}")
-    return folder
 
 
 def join_clips(clips: list[GeneratedClip], output_type: str) -> tuple:
@@ -232,7 +153,7 @@ class MIMAFacePipeline(DiffusionPipeline):
         self.register_modules(model=model, vae=vae, scheduler=scheduler)
         if overlap is None:
             overlap = max(1, max_conditioning_frames(clip_length, model.config.ica))
-        _check_settings(image_size, clip_length, overlap, "MIMAFacePipeline", model.config.vae_scale_factor)
+        check_settings(image_size, clip_length, overlap, "MIMAFacePipeline", model.config.vae_scale_factor)
         self.register_to_config(image_size=int(image_size), clip_length=int(clip_length), overlap=int(overlap))
         self.face_model = FaceModel.load()
         self._interrupt = False
@@ -244,7 +165,7 @@ class MIMAFacePipeline(DiffusionPipeline):
         """Load a local folder in the layout above (None: the bundled tiny model). Keyword arguments
         are diffusers' (``torch_dtype``, component overrides such as ``scheduler=...``). Raises
         ModelLoadError, one line, for a folder that is missing or not a MIMAFace pipeline."""
-        folder = _pipeline_folder(pretrained_model_name_or_path)
+        folder = pipeline_folder(pretrained_model_name_or_path)
         for name in ("model", "vae", "scheduler"):
             if name not in kwargs and not (folder / name).is_dir():
                 raise ModelLoadError(f"'{folder}' has no {name}/ folder; expected {SAVED_HOW}")
@@ -260,19 +181,9 @@ class MIMAFacePipeline(DiffusionPipeline):
 
     @classmethod
     def read_settings(cls, pretrained_model_name_or_path: str | os.PathLike | None = None) -> dict:
-        """The pipeline config of a saved folder (``image_size``, ``clip_length``, ``overlap``), checked,
-        and what else generation with it allows (``max_clip_length``: the frames its motion modules know,
-        None without them; ``num_train_timesteps``: the steps of its noise schedule), without loading any
-        weights, so inputs can be checked (:func:`check_generation`) before the model loads."""
-        folder = _pipeline_folder(pretrained_model_name_or_path)
-        settings = dict(cls.load_config(folder))
-        _check_settings(settings.get("image_size"), settings.get("clip_length"), settings.get("overlap"),
-                        str(folder / "model_index.json"))
-        adapter = _read_json(folder / "model" / "motion_adapter" / "config.json")
-        schedule = _read_json(folder / "scheduler" / "scheduler_config.json") or {}
-        settings["max_clip_length"] = None if adapter is None else adapter.get("motion_max_seq_length")
-        settings["num_train_timesteps"] = schedule.get("num_train_timesteps")
-        return settings
+        """:func:`~mimaface.pipelines.settings.read_settings`: a saved folder's settings, without loading
+        any weights (or torch)."""
+        return read_settings(pretrained_model_name_or_path)
 
     def settings(self) -> dict:
         """:meth:`read_settings` of this loaded pipeline."""

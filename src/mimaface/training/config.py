@@ -9,9 +9,9 @@ line against the working directory.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-import typing
 from typing import Any, Literal
 
 import yaml
