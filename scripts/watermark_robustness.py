@@ -2,12 +2,15 @@
 
     python scripts/watermark_robustness.py                      # ours: writes docs/provenance/robustness.{md,json}
     python scripts/watermark_robustness.py --compare            # also the library methods it was chosen against
+    python scripts/watermark_robustness.py --timing             # only the CPU time to mark a 256/512/1280 px frame
 
 1. Test videos: real photos that ship in installable packages (scikit-image's astronaut, at 512 px
-   and scaled to 256 px, matplotlib's Grace Hopper, the insightface wheel's group photo
-   ``t1.jpg``) animated by the bundled ``talk.json`` with the warp engine and no provenance
-   (``mimaface animate --no-watermark``): 75 frames each.
-2. Each method marks those frames (PSNR against the unmarked frames; CPU time per frame) and the
+   and scaled to 256 px, matplotlib's Grace Hopper, at 512 x 600 and scaled to 256 x 300, the
+   insightface wheel's group photo ``t1.jpg``) and mimaface's own 256 px ``portrait.jpg`` (the
+   demo's; a crop of the astronaut) animated by the bundled ``talk.json`` with the warp engine and
+   no provenance (``mimaface animate --no-watermark``): 75 frames each.
+2. Each method marks those frames (PSNR against the unmarked frames; CPU time per frame, OpenCV
+   on one thread as the rest of the timing, with the machine's load average) and the
    result is encoded as ``mimaface animate`` encodes (H.264 CRF 18), then attacked with ffmpeg:
    re-encoding at CRF 23 and 28, 0.5x downscaling, a 10 % crop (90 % of the width and height kept,
    off-centre), half the frame rate, and all of these at once (crop, downscale, half rate, CRF 28).
@@ -24,15 +27,17 @@
 invisible-watermark from installing a second OpenCV wheel beside mediapipe's):
 ``pip install --no-deps invisible-watermark==0.2.0 blind-watermark==0.4.4 PyWavelets onnxruntime``.
 Their bits are voted over frames (the mean of each bit over frames) and "detected" means >= 28 of
-their 32 bits right (the verifier is given their payload). They run on the first ``--compare-frames`` frames (RivaGAN
-takes seconds per frame on a CPU). Their decoders get the frames resized back to the marked size
-(an oracle ours does not need: it finds the scale itself).
+their 32 bits right (the verifier is given their payload). They run on the first
+``--compare-frames`` frames of the two 512 px videos (:data:`COMPARED`; RivaGAN takes seconds per
+frame on a CPU). Their decoders get the frames resized back to the marked size (an oracle ours
+does not need: it finds the scale itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,6 +74,7 @@ ATTACKS = {
     "all combined (crop, 0.5x, half rate, CRF 28)": (f"{CROP},{HALF},fps=fps=source_fps/2", 28),
 }
 PAYLOAD = Payload(1, "3f2a9")  # any payload; this one is fixed so runs compare
+COMPARED = ("astronaut 512x512", "Grace Hopper 512x600")  # the videos the library methods run on
 
 
 def ffmpeg() -> str:
@@ -116,17 +122,22 @@ def make_videos(work: Path, photos: dict[str, np.ndarray]) -> dict[str, Path]:
     """The unmarked test videos (warp engine, talk.json)."""
     from PIL import Image
 
+    from mimaface.demo import asset_path
     from mimaface.pipelines.animate import AnimateOptions, animate
 
+    def scaled(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+
     sources = {"astronaut 512x512": photos["skimage/astronaut"],
-               "astronaut 256x256": np.asarray(Image.fromarray(photos["skimage/astronaut"]).resize((256, 256),
-                                                                                                   Image.LANCZOS)),
+               "astronaut 256x256": scaled(photos["skimage/astronaut"], (256, 256)),
+               "portrait.jpg 256x256": load_image(asset_path("portrait.jpg")),
                "Grace Hopper 512x600": photos["matplotlib/grace_hopper"],
+               "Grace Hopper 256x300": scaled(photos["matplotlib/grace_hopper"], (256, 300)),
                "insightface t1 1280x886": photos["insightface/t1.jpg"]}
     videos = {}
     options = AnimateOptions(provenance=ProvenanceOptions(enabled=False))
     for name, image in sources.items():
-        source = work / f"{name.split()[0]}_{image.shape[1]}.png"
+        source = work / f"{name.split()[0].replace('.', '_')}_{image.shape[1]}x{image.shape[0]}.png"
         write_image(source, image)
         videos[name] = work / f"{source.stem}.mp4"
         animate(source, ROOT / "src/mimaface/assets/talk.json", videos[name], options, progress=False)
@@ -229,6 +240,7 @@ def robustness(method, videos: dict[str, Path], work: Path, max_frames: int | No
     for name, video in videos.items():
         frames, fps = read_video(video)
         frames = frames[:max_frames]
+        load = os.getloadavg()[0]
         start = time.process_time()
         marked = [method.mark(f) for f in frames]
         ms = (time.process_time() - start) / len(frames) * 1000
@@ -242,7 +254,7 @@ def robustness(method, videos: dict[str, Path], work: Path, max_frames: int | No
             attack(clean, attacked, attack_name, fps)
             results[attack_name] = method.read(read_video(attacked)[0], size)
         rows[name] = {"psnr_db_mean": float(np.mean(psnrs)), "psnr_db_min": float(np.min(psnrs)),
-                      "ms_per_frame": ms, "frames": len(frames), "size": f"{size[1]}x{size[0]}",
+                      "ms_per_frame": ms, "load_average": load, "frames": len(frames), "size": f"{size[1]}x{size[0]}",
                       "attacks": {k: {"bit_accuracy": v[0], "detected": v[1], "payload_right": v[2]}
                                   for k, v in results.items()}}
         print(f"  {method.name}, {name}: PSNR {rows[name]['psnr_db_mean']:.2f} dB, {ms:.1f} ms/frame; "
@@ -282,6 +294,26 @@ def false_positives(videos: dict[str, Path], photos: dict[str, np.ndarray], clip
         kinds["SynthTalk frames"].append(detect(clip[:1]).magic_matches)
     return {kind: {"files": len(m), "found": int(np.sum(np.asarray(m) >= MAGIC_THRESHOLD)), "max_matches": int(max(m)),
                    "mean_matches": float(np.mean(m)), "sd_matches": float(np.std(m))} for kind, m in kinds.items()}
+
+
+def marking_ms_per_frame(photos: dict[str, np.ndarray], repeats: int = 40) -> dict:
+    """CPU time to mark one frame (``--timing``): the best of three runs of ``repeats`` marks."""
+    from PIL import Image
+
+    astronaut = photos["skimage/astronaut"]
+    frames = {"256x256": np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.LANCZOS)),
+              "512x512": astronaut, "1280x886": photos["insightface/t1.jpg"]}
+    marker = Watermarker(PAYLOAD, ProvenanceOptions().psnr_db)
+    out = {"load_average": os.getloadavg()[0]}
+    for size, frame in frames.items():
+        runs = []
+        for _ in range(3):
+            start = time.process_time()
+            for _ in range(repeats):
+                marker.mark(frame)
+            runs.append((time.process_time() - start) / repeats * 1000)
+        out[size] = min(runs)
+    return out
 
 
 def warp_ms_per_frame(work: Path, photo: np.ndarray) -> dict:
@@ -344,10 +376,19 @@ def main() -> None:
     parser.add_argument("--compare-frames", type=int, default=8)
     parser.add_argument("--photo-variants", type=int, default=12, help="random crops/rescales per photo")
     parser.add_argument("--report-only", action="store_true", help="rewrite robustness.md from robustness.json")
+    parser.add_argument("--timing", action="store_true", help="only print the CPU time to mark a frame")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         (args.out / "robustness.md").write_text(report(json.loads((args.out / "robustness.json").read_text())))
+        return
+    import cv2
+
+    cv2.setNumThreads(1)  # CPU times per frame are one core's (OMP_NUM_THREADS does not reach OpenCV's threads)
+    if args.timing:
+        timing = marking_ms_per_frame(real_photos())
+        print(f"marking, CPU ms per frame (best of 3 x 40, load average {timing.pop('load_average'):.1f}): "
+              + ", ".join(f"{size} {ms:.2f}" for size, ms in timing.items()))
         return
     methods = [Ours()]
     if args.compare:
@@ -360,9 +401,10 @@ def main() -> None:
         results = {"payload_bits": NUM_BITS, "robustness": {}}
         for method in methods:
             print(f"robustness: {method.name}", flush=True)
-            results["robustness"][method.name] = robustness(method, videos if isinstance(method, Ours) else
-                                                            dict(list(videos.items())[::2]), work,
-                                                            None if isinstance(method, Ours) else args.compare_frames)
+            ours = isinstance(method, Ours)
+            results["robustness"][method.name] = robustness(
+                method, videos if ours else {name: videos[name] for name in COMPARED}, work,
+                None if ours else args.compare_frames)
         print("false positives", flush=True)
         results["false_positives"] = false_positives(videos, photos, synthtalk_clips(work), work, args.photo_variants)
         results["warp_ms_per_frame"] = warp_ms_per_frame(work, photos["skimage/astronaut"])
