@@ -28,6 +28,7 @@ from mimaface.media import has_audio, load_image, probe_video, read_video
 from mimaface.pipelines.animate import AnimateOptions, Cancelled, animate
 from mimaface.pipelines.engines import Engine
 from mimaface.pipelines.options import SamplingOptions
+from mimaface.provenance.watermark import detect
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make test installs it); playwright cannot download one here
 SHORT_MOTION = {"fps": 25, "num_frames": 6, "interpolation": "linear",
@@ -186,10 +187,12 @@ def test_preview_is_the_frame_animate_makes(handlers, files, tmp_path):
     animate(files.portrait, files.motion, tmp_path / "out.mp4", AnimateOptions(engine="warp", paste=False,
                                                                                frames_dir=str(frames_dir)),
             progress=False)
-    for frame in (0, 5):  # the same warp; the written frames also carry the invisible watermark (~39 dB)
+    for frame in (0, 5):  # the same warp, and the same invisible watermark
         preview = handlers.preview_driving(str(files.motion), frame, *controls(files.portrait))
         written = load_image(frames_dir / f"frame_{frame:06d}.png")
-        assert preview.shape == written.shape and psnr(preview, written) > 35
+        assert preview.shape == written.shape and psnr(preview, written) > 45
+        mark = detect([preview])
+        assert mark.found and mark.payload == detect([written]).payload
     still = handlers.preview_driving(str(files.motion), 0, *controls(files.portrait))
     opened = handlers.preview_driving(str(files.motion), 5, *controls(files.portrait))
     mouth = mouth_box(still)

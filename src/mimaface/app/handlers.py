@@ -38,6 +38,8 @@ from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_sou
 from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.source import SourceFace
+from mimaface.provenance import ProvenanceOptions, model_sha256
+from mimaface.provenance.watermark import Payload, Watermarker
 
 LABEL_COLOUR = (255, 210, 0)  # the face picker's boxes and numbers
 MAX_FACES = 8  # faces listed in the picker (detect_face's own search depth)
@@ -144,6 +146,10 @@ class Handlers:
         # Previews run beside jobs: a warp pipeline of their own (it caches its source rig).
         self.preview_engine = Engine.load("warp")
         self._preview_lock = threading.Lock()
+        # Previews are generated pictures too: they carry the jobs' invisible watermark (no manifest: they
+        # are shown, not written).
+        self._preview_mark = Watermarker(Payload.for_model(model_sha256(self.preview_engine.pipeline)),
+                                         ProvenanceOptions().psnr_db)
         self.output_dir = Path(output_dir)
         self.jobs = Jobs()
         self.slider_groups = keyframes.slider_groups()
@@ -198,8 +204,8 @@ class Handlers:
     # -- previews --------------------------------------------------------------------------------
     def _preview(self, driving: MotionCoefficients, frame: int,
                  controls: Controls) -> tuple[np.ndarray, np.ndarray] | None:
-        """One frame of ``driving`` on the source through the mesh warp: (the result, its I_R over the
-        source), both in the source's crop (head and shoulders). None without a source face."""
+        """One frame of ``driving`` on the source through the mesh warp: (the result, watermarked, and its
+        I_R over the source), both in the source's crop (head and shoulders). None without a source face."""
         if controls.source is None or controls.face is None:
             return None
         source = _preview_source(controls.source, _stamp(controls.source), int(controls.face))
@@ -209,7 +215,7 @@ class Handlers:
             engine = self.preview_engine
             picture, render, _ = next(composed_frames(source, engine,
                                                       engine.clips(source, motion, SamplingOptions()), paste=False))
-        return picture, overlay(source.crop, render, render > 0, OVERLAY_ALPHA)
+        return self._preview_mark.mark(picture), overlay(source.crop, render, render > 0, OVERLAY_ALPHA)
 
     @user_errors
     def driving_loaded(self, driving: str | None):
