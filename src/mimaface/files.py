@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +118,14 @@ def replace_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, *, replace: bool = True,
+                  failure: Callable[[Path, Exception], InputError | None] | None = None) -> Iterator[Path]:
     """Yield an empty hidden folder beside ``path``; when the ``with`` block succeeds it replaces
-    ``path`` (:func:`replace_folder`), otherwise it is deleted and ``path`` is left as it was."""
+    ``path`` (:func:`replace_folder`), otherwise it is deleted and ``path`` is left as it was.
+
+    ``replace=False``: a folder already at ``path`` is never replaced (the final rename fails).
+    ``failure(path, exc)``: the error raised for an exception of the block or the swap, None to raise
+    that exception as it is (default: one line for a full disk), called before the cleanup frees space."""
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"{path}: cannot write, folder {path.parent} does not exist")
@@ -131,9 +136,14 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, exc) from exc
     try:
         yield tmp
-        replace_folder(tmp, path)
+        if replace:
+            replace_folder(tmp, path)
+        else:
+            fsync_tree(tmp)
+            os.rename(tmp, path)  # not os.replace: fails where a folder is already
+            fsync(path.parent)
     except Exception as exc:
-        error = _full_disk_error(path, exc)
+        error = (failure or _full_disk_error)(path, exc)
         shutil.rmtree(tmp, ignore_errors=True)
         if error is None:
             raise

@@ -22,9 +22,6 @@ clip, and re-running a writer skips the clips that exist.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,27 +81,14 @@ def write_clip(root: Path, split: str, identity: str, clip: str, frames: np.ndar
     final = parent / clip
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{clip}.", suffix=".part"))
     except OSError as exc:
         raise files.write_error(final, exc) from exc
-    try:
+    with files.atomic_folder(final, replace=False, failure=_write_failure) as tmp:  # a clip is never overwritten
         np.save(tmp / "frames.npy", frames)
         np.save(tmp / "renders.npy", renders)
         motion.save(tmp / "motion.npz")
         meta = {"identity": identity, "clip": clip, "num_frames": t, "size": size, "fps": motion.fps} | (info or {})
         (tmp / "clip.json").write_text(json.dumps(meta))
-        files.fsync_tree(tmp)
-        os.rename(tmp, final)  # not os.replace: a clip that exists is never overwritten
-        files.fsync(parent)
-    except Exception as exc:
-        error = _write_failure(final, exc)  # measured before the cleanup frees the space
-        shutil.rmtree(tmp, ignore_errors=True)
-        if error is None:
-            raise
-        raise error from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ClipRef(Path(root), split, identity, clip)
 
 
