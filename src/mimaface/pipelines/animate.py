@@ -43,7 +43,7 @@ from mimaface.media import (
 )
 from mimaface.pipelines.compositing import PasteBack, side_by_side
 from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_source
-from mimaface.pipelines.options import SamplingOptions, is_finite_number, is_whole
+from mimaface.pipelines.options import SamplingOptions, is_whole
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.settings import check_generation, read_settings
 from mimaface.pipelines.source import SourceFace
@@ -113,16 +113,14 @@ def read_driving(path: str | os.PathLike, options: AnimateOptions, progress: boo
 
 
 def check_options(options: AnimateOptions) -> None:
-    """The numbers of ``options`` (one InputError line for the first out of range); what depends on the
-    model is :func:`~mimaface.pipelines.settings.check_generation`'s."""
+    """The numbers of ``options`` (one InputError line for the first out of range; the retargeting's are
+    :class:`RetargetConfig`'s own); what depends on the model is
+    :func:`~mimaface.pipelines.settings.check_generation`'s."""
     options.sampling.check()
     if options.fps is not None:
         check_fps(options.fps, "fps")
     if not (is_whole(options.max_gap) and options.max_gap >= 0):
         raise InputError(f"max_gap must be a whole number of at least 0, got {options.max_gap!r}")
-    for scale in ("pose_multiplier", "expression_multiplier", "gaze_multiplier"):
-        if not is_finite_number(getattr(options.retarget, scale)):
-            raise InputError(f"{scale} must be a finite number, got {getattr(options.retarget, scale)!r}")
 
 
 def _check_image_outputs(driving: MotionCoefficients, outputs: tuple) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
+from mimaface.pipelines.options import is_finite_number
 
 
 @dataclass
@@ -35,12 +36,17 @@ class RetargetConfig:
     keep_pose: bool = False
     keep_gaze: bool = False
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("relative", "absolute"):
+            raise InputError(f"mode must be 'relative' or 'absolute', got {self.mode!r}")
+        for name in ("pose_multiplier", "expression_multiplier", "gaze_multiplier"):
+            if not is_finite_number(getattr(self, name)):
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+
 
 def retarget(source: MotionCoefficients, driving: MotionCoefficients, config: RetargetConfig | None = None) -> MotionCoefficients:
     """Per-frame coefficients for the source: ``driving.num_frames`` frames, the source's identity and frame."""
     cfg = config or RetargetConfig()
-    if cfg.mode not in ("relative", "absolute"):
-        raise InputError(f"mode must be 'relative' or 'absolute', got {cfg.mode!r}")
     if source.expression_names != driving.expression_names:
         raise InputError("the source and driving coefficients come from different face models")
     n = driving.num_frames
