@@ -220,6 +220,9 @@ def test_no_fold_overs_for_head_motion_in_range(model, astronaut):
     # No outer triangle flips or collapses: the worst, a far turn with a strong tilt (yaw +27, pitch -19,
     # roll -13 on a source pitched -9) where the far side crowds behind the face, keeps 4 % of its area.
     assert ratio.min() > 0.03
+    # The last ring, the border and the corners never move, however hard the rings inside are clamped.
+    still = np.concatenate([mesh.ring_idx[-1], mesh.border_idx, mesh.corner_idx])
+    assert np.array_equal(target[:, still, :2], np.broadcast_to(mesh.source[still, :2], (n, len(still), 2)))
 
 
 # ---- mouth -------------------------------------------------------------------------------------

@@ -51,7 +51,20 @@ from mimaface.pipelines.pipeline import (
     to_uint8,
 )
 from mimaface.warp.eyes import EyePainter
-from mimaface.warp.mesh import MAT_EYE_LEFT, MAT_EYE_RIGHT, MAT_MOUTH, Target, WarpMesh
+from mimaface.warp.mesh import (
+    EYE_CLOSE,
+    FALLOFF,
+    HEAD_SLOPE,
+    LIP_CLOSE,
+    MAT_EYE_LEFT,
+    MAT_EYE_RIGHT,
+    MAT_MOUTH,
+    MIN_GAP,
+    NECK_FALLOFF,
+    RINGS,
+    Target,
+    WarpMesh,
+)
 from mimaface.warp.mouth import MouthPainter
 from mimaface.warp.pixels import PixelSet, rasterize_window
 
@@ -72,13 +85,13 @@ class WarpConfig:
     map_size: int | None = 256  # the warp map is rasterised at most this many pixels wide (None: full size)
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # sampling of the source crop
     batch_size: int = 8  # frames per rasteriser call
-    rings: tuple[float, ...] = (0.25, 0.5, 0.8)  # ring vertices, fractions of the decay distance (the last holds still)
-    falloff: float = 1.5  # the motion outside the face decays over this many face radii (at most to the border)
-    head_slope: float = 2.0  # beyond the oval the head proxy falls back this much depth per unit out (parallax)
-    neck_falloff: float = 0.5  # ... and to 0 this many face radii below the jaw line (at most 0.7 of the way down)
-    min_gap: float = 0.25  # fold guard: a ray's vertices move apart by at most 1 - this of their spacing
-    eye_close: float = 0.25  # lids closer than this fraction of the neutral opening are pulled shut (fully at 40 %)
-    lip_close: float = 0.01  # lips closer than this are pulled shut (fully at 40 %)
+    rings: tuple[float, ...] = RINGS  # ring vertices, fractions of the decay distance (the last holds still)
+    falloff: float = FALLOFF  # the motion outside the face decays over this many face radii (at most to the border)
+    head_slope: float = HEAD_SLOPE  # beyond the oval the head proxy falls back this much depth per unit out (parallax)
+    neck_falloff: float = NECK_FALLOFF  # ... and to 0 this many face radii below the jaw line (at most 0.7 of the way down)
+    min_gap: float = MIN_GAP  # fold guard: a ray's vertices move apart by at most 1 - this of their spacing
+    eye_close: float = EYE_CLOSE  # lids closer than this fraction of the neutral opening are pulled shut (fully at 40 %)
+    lip_close: float = LIP_CLOSE  # lips closer than this are pulled shut (fully at 40 %)
     mouth_open_full: float = 0.04  # extra lip opening over the source's at which the painted interior is opaque
     iris_scale: float = 1.1  # iris disc radius as moved, in the face model's iris radii
     iris_shift_full: float = 0.25  # iris displacement (iris radii) from which the iris is fully repainted

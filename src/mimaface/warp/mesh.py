@@ -26,10 +26,11 @@ smoothly from 1 at the oval to 0 at the last ring, which holds still with everyt
 (border points and corners are fixed), and ``neck`` falls from 1 at the jaw line (the lower oval,
 extended sideways) to 0 ``neck_falloff`` face radii below it (at most 0.7 of the way down to the
 bottom border), so the neck, the shoulders and the bottom of the picture hold still while the head turns.
-Fold-overs are guarded by clamping the ring vertices' motion: along each ray (oval, rings,
-border), a vertex's motion may differ from its inner neighbour's, and then from its outer
-neighbour's, by at most ``1 - min_gap`` of their source spacing, so no ray segment shrinks below
-``min_gap`` of its length or shears past its neighbours.
+Fold-overs are guarded by clamping the ring vertices' motion: along each ray (oval, rings), a
+vertex's motion may differ from its inner neighbour's, and then from its outer neighbour's, by at
+most ``1 - min_gap`` of their source spacing, so no ray segment shrinks below ``min_gap`` of its
+length or shears past its neighbours; the last ring is never moved, so the picture beyond it,
+corners included, stays exactly the source's.
 
 Lids and lips that the target closes further than the source's are pulled shut onto a smooth
 line (the upper one a little over the lower one), and as they shut the lid rims read the source
@@ -62,6 +63,13 @@ UNFOLD_STEPS, MIN_AREA = 12, 0.05  # fold repair: relaxation steps, least kept f
 BLINK_SHUT = (0.5, 0.95)  # eyeBlink (over the source's) from which a lid is pulled shut, and fully
 HOLE_SINK = 0.05  # how far (model units) the eye fans and mouth strip sink behind lids and lips pulled shut
 IRIS_CENTRES = (473, 468)  # centre landmark of the subject's left and right iris (eye order below)
+# The mesh's shape settings (WarpConfig's defaults too; see WarpMesh for their meaning).
+RINGS, FALLOFF, NECK_FALLOFF, MIN_GAP = (0.25, 0.5, 0.8), 1.5, 0.5, 0.25
+EYE_CLOSE, LIP_CLOSE = 0.25, 0.01
+# Measured on SynthTalk identities 4-11 (exact renders as the truth, read by face3d): slopes 2, 4, 6
+# and 8 read 0.21, 0.15, 0.11 and 0.11 degrees of pose worse than the truth, but from 4 on the hair
+# beside a face turned 15 degrees creases against its cheek; 2 keeps it smooth.
+HEAD_SLOPE = 2.0
 
 
 def smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
@@ -195,9 +203,10 @@ class WarpMesh:
     """
 
     def __init__(self, model: FaceModel, identity: np.ndarray, pose: np.ndarray, expression: np.ndarray,
-                 gaze: np.ndarray, *, rings: tuple[float, ...] = (0.25, 0.5, 0.8), falloff: float = 1.5,
-                 neck_falloff: float = 0.5, min_gap: float = 0.25, eye_close: float = 0.25,
-                 lip_close: float = 0.01, head_slope: float = 1.0, landmarks: np.ndarray | None = None) -> None:
+                 gaze: np.ndarray, *, rings: tuple[float, ...] = RINGS, falloff: float = FALLOFF,
+                 neck_falloff: float = NECK_FALLOFF, min_gap: float = MIN_GAP, eye_close: float = EYE_CLOSE,
+                 lip_close: float = LIP_CLOSE, head_slope: float = HEAD_SLOPE,
+                 landmarks: np.ndarray | None = None) -> None:
         if not rings or any(not 0.0 < f < 1.0 for f in rings) or list(rings) != sorted(rings):
             raise ValueError(f"rings must be increasing fractions in (0, 1), got {rings}")
         self.model = model
@@ -463,10 +472,11 @@ class WarpMesh:
             return anchor + step * np.minimum(1.0, bound / np.maximum(size, 1e-12))
 
         inner = zt - zs  # the oval vertex's own motion
-        for r in range(len(self.rings)):
+        last = len(self.rings) - 1  # the last ring holds still (its weight is 0), as the border does
+        for r in range(last):
             disp[:, r] = inner = within(disp[:, r], inner, limit[r])
-        outer = np.zeros_like(inner)  # the border is fixed
-        for r in reversed(range(len(self.rings))):
+        outer = disp[:, last]
+        for r in reversed(range(last)):
             disp[:, r] = outer = within(disp[:, r], outer, limit[r + 1])
         return zr[None] + disp
 
@@ -474,7 +484,7 @@ class WarpMesh:
         """Relax ring vertices (B,k,n) (complex positions) of outer triangles that would still fold,
         given the oval's target (B,n): each one's motion is pulled halfway to the mean of its four
         neighbours' on the polar grid (inner: the previous ring or the oval; outer: the next ring
-        or the fixed border; and the neighbouring rays), until no outer triangle keeps less than
+        or the fixed border; and the neighbouring rays; the last ring is not moved), until no outer triangle keeps less than
         MIN_AREA of its source area or the steps run out. Frames that do not fold are untouched.
         Returns the rings and which frames still fold (B,)."""
         b, k, n = rings.shape
@@ -496,6 +506,7 @@ class WarpMesh:
             for corner in range(3):
                 flagged[frame, self._outer_local[tri, corner]] = True
             move = flagged[:, n:n + k * n].reshape(b, k, n)
+            move[:, -1] = False  # the last ring holds still, as the border does
             motion = rings - rest
             inner = np.concatenate([oval_motion, motion[:, :-1]], 1)
             outer = np.concatenate([motion[:, 1:], np.zeros_like(motion[:, :1])], 1)
