@@ -5,8 +5,9 @@ driven by the bundled ``talk.json`` (jaw, lips, brows, blinks, gaze and head tur
 onto it and repeated to ``--frames`` frames. Two figures per crop size:
 
 * **warp**: from per-frame coefficients to frames ((N,S,S,3) float in [0, 1], as
-  ``generate_clips`` yields them), I_R included: target mesh, rasterisation, map, ``grid_sample``,
-  irises and mouths;
+  ``generate_clips`` yields them): target mesh, rasterisation, map, ``grid_sample``, irises and
+  mouths; without I_R, as ``animate`` asks for them (it shades them only for ``--side-by-side``;
+  ``--renders`` counts them in);
 * **+ H.264**: the same frames turned to uint8 and encoded by ``mimaface.media.VideoWriter``
   (libx264, ``--preset``, as ``mimaface animate`` writes them), the file finished;
 * **+ mark + H.264**: the same with the invisible watermark in every frame, as ``animate`` does by
@@ -44,6 +45,15 @@ from mimaface.provenance.watermark import Payload, Watermarker
 from mimaface.warp import MeshWarpPipeline, WarpConfig
 
 
+def cpu_ticks() -> np.ndarray | None:
+    """The machine's CPU time counters (/proc/stat: user, nice, system, idle, iowait, irq, softirq,
+    steal), or None off Linux."""
+    try:
+        return np.array(Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9], np.int64)
+    except (OSError, ValueError):
+        return None
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -58,6 +68,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=WarpConfig.batch_size)
     parser.add_argument("--clip-length", type=int, default=25)
+    parser.add_argument("--renders", action="store_true", help="shade I_R too (as for --side-by-side or the app)")
     parser.add_argument("--preset", default=VIDEO_PRESET, help=f"libx264 preset of the encoded figure (default {VIDEO_PRESET}, as animate)")
     args = parser.parse_args()
     if args.frames < 1 or args.rounds < 1 or args.threads < 1 or any(s < 32 for s in args.sizes):
@@ -73,15 +84,17 @@ def main() -> None:
     device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                    else f"{platform.machine()}, {os.cpu_count()} cores visible")
     print(f"{args.frames} frames of talk.json on the astronaut, {args.device} ({device_name}), "
-          f"{args.threads} torch thread(s), batch {args.batch_size}, libx264 preset {args.preset}")
+          f"{args.threads} torch thread(s), batch {args.batch_size}, libx264 preset {args.preset}, "
+          f"I_R {'shaded' if args.renders else 'not shaded'}")
     print(f"{'size':>6} {'warp (frames/s)':>16} {'+ H.264 (frames/s)':>19} {'+ mark + H.264 (frames/s)':>26}")
     watermarker = Watermarker(Payload.for_model("0" * 64), ProvenanceOptions().psnr_db)
+    before = cpu_ticks()
     for size in args.sizes:
         crop = np.asarray(PIL.Image.fromarray(source.crop).resize((size, size), PIL.Image.BICUBIC))
 
         def frames(crop: np.ndarray = crop):
             yield from pipe.generate_clips(crop, motion, source_coefficients=source.coefficients,
-                                           clip_length=args.clip_length)
+                                           clip_length=args.clip_length, output_renders=args.renders)
 
         for _ in pipe.generate_clips(crop, motion.select([0]), source_coefficients=source.coefficients):
             pass  # the per-source work, and warm-up
@@ -104,6 +117,12 @@ def main() -> None:
             encoded = max(encoded, encode(lambda frame: frame))
             marked = max(marked, encode(watermarker.mark))
         print(f"{size:>6} {warp:>16.1f} {encoded:>19.1f} {marked:>26.1f}")
+    after = cpu_ticks()
+    if before is not None and after is not None:
+        # On a shared virtual machine the host may take some of "our" cores: figures fall with it.
+        ticks = after - before
+        print(f"during the runs the host took {ticks[7] / ticks.sum():.0%} of the CPU (steal); "
+              f"{ticks[3] / ticks.sum():.0%} was idle")
 
 
 if __name__ == "__main__":

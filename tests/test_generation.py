@@ -204,3 +204,12 @@ def test_model_cpu_offload_runs_in_order_and_changes_nothing(checkpoint):
     # Per clip: the VAE encodes I_R, the model (CLIP, MIA, UNet steps) denoises, the VAE decodes.
     runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     assert runs[:4] == ["model", "vae", "model", "vae"] and set(runs) == {"model", "vae"}
+
+
+def test_to_uint8_clips_scales_and_rounds_half_to_even():
+    values = np.concatenate([np.linspace(-0.5, 1.5, 4001), (np.arange(256) + 0.5) / 255]).astype(np.float32)
+    expected = (np.clip(values, 0.0, 1.0) * 255).round().astype(np.uint8)
+    assert np.array_equal(to_uint8(values), expected)
+    frames = np.random.default_rng(0).uniform(-0.2, 1.2, (3, 8, 8, 3)).astype(np.float32)
+    assert np.array_equal(to_uint8(frames), (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8))
+    assert to_uint8(np.zeros((0, 4, 4, 3), np.float32)).shape == (0, 4, 4, 3)

@@ -19,6 +19,7 @@ from mimaface.face3d.model import FaceModel
 from mimaface.face3d.pipeline import render_motion
 from mimaface.pipelines.pipeline import MIMAFacePipelineOutput, to_uint8
 from mimaface.warp import MeshWarpPipeline, WarpConfig, WarpMesh
+from mimaface.warp.eyes import inverse_2x2
 from mimaface.warp.mesh import MAT_OUTER, Openings
 
 POSE_NAMES = ("yaw", "pitch", "roll", "tx", "ty", "scale")
@@ -368,6 +369,10 @@ def test_frames_come_in_clip_length_chunks_in_every_output_type(model, synthetic
     assert np.array_equal(np.asarray(pil[2]), to_uint8(frames[2]))
     with pytest.raises(TypeError, match="num_inference_stepz"):
         pipe(image, motion, source_coefficients=synthetic, num_inference_stepz=3)
+    # Without I_R: the same frames, in the same chunks.
+    bare = list(pipe.generate_clips(image, motion, source_coefficients=synthetic, clip_length=3, output_renders=False))
+    assert [len(c) for c in bare] == [3, 3, 1] and all(c.renders is None for c in bare)
+    assert np.array_equal(np.concatenate([c.frames for c in bare]), frames)
 
 
 def test_renders_are_render_grey_of_the_target_face(pipe, model, synthetic):
@@ -376,6 +381,11 @@ def test_renders_are_render_grey_of_the_target_face(pipe, model, synthetic):
     out = pipe(texture(size), motion, source_coefficients=synthetic)
     expected = next(render_motion(motion, (size, size), progress=False))[0][..., 0]
     assert np.abs(out.renders[0].astype(int) - expected).max() <= 1
+
+
+def test_closed_form_inverses_invert():
+    matrices = np.random.default_rng(0).normal(size=(5, 3, 2, 2))
+    assert np.allclose(inverse_2x2(matrices) @ matrices, np.eye(2), atol=1e-9)
 
 
 def test_bad_inputs_are_one_line_errors(pipe, model, synthetic):

@@ -201,8 +201,8 @@ def animate(source_path: str | os.PathLike, driving_path: str | os.PathLike, out
     size = source.crop.shape[0]
     status(f"generating {motion.num_frames} frame(s) at {size} px with the {name} engine")
     work = GenerationProgress(name, motion.num_frames, on_progress, bar=progress)
-    frames = work.frames(composed_frames(source, engine, engine.clips(source, motion, options.sampling, work.step),
-                                         paste=options.paste, stamp=stamp))
+    clips = engine.clips(source, motion, options.sampling, work.step, renders=options.side_by_side is not None)
+    frames = work.frames(composed_frames(source, engine, clips, paste=options.paste, stamp=stamp))
 
     num_clips = 0
     with contextlib.ExitStack() as stack:
@@ -279,16 +279,17 @@ class GenerationProgress:
 
 def composed_frames(source: SourceFace, engine: Engine, clips, *, paste: bool = True,
                     stamp: Stamp | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """(frame to write, its I_R, clip index) for every frame the engine yields: pasted into the source
-    picture through the engine's mask (colour-matched once) or the crops, and watermarked by ``stamp``
-    (None: --no-watermark)."""
+    """(frame to write, its I_R (None where the clips hold none), clip index) for every frame the engine
+    yields: pasted into the source picture through the engine's mask (colour-matched once) or the
+    crops, and watermarked by ``stamp`` (None: --no-watermark)."""
     from mimaface.pipelines.pipeline import to_uint8
 
     paste_back = (PasteBack(source.image, source.box, source.crop, engine.source_silhouette(source),
                             match_colour=engine.name != "warp") if paste else None)
     for clip in clips:
-        for crop, render in zip(to_uint8(clip.frames), clip.renders):
-            frame = paste_back(crop, engine.frame_silhouette(render)) if paste_back else crop
+        renders = clip.renders if clip.renders is not None else [None] * len(clip)
+        for crop, render in zip(to_uint8(clip.frames), renders):
+            frame = paste_back(crop, engine.frame_silhouette(render, crop)) if paste_back else crop
             yield (stamp.mark(frame) if stamp is not None else frame), render, clip.clip_index
 
 

@@ -57,13 +57,16 @@ class Engine:
         return cls(name, MIMAFacePipeline.from_pretrained(checkpoint))
 
     def clips(self, source: SourceFace, motion: MotionCoefficients, sampling: SamplingOptions,
-              step_callback: Callable | None = None) -> Iterator:
+              step_callback: Callable | None = None, *, renders: bool = True) -> Iterator:
         """The frames of ``source`` performing ``motion`` (retargeted into its crop), clip by clip.
-        ``step_callback``: the diffusion pipeline's ``callback_on_step_end`` (the warp has no steps)."""
+        ``step_callback``: the diffusion pipeline's ``callback_on_step_end`` (the warp has no steps).
+        ``renders`` False: the warp leaves out the I_R it would shade for show (the diffusion model's
+        are its input, so it always has them)."""
         kwargs = sampling.pipeline_kwargs() | {"callback_on_step_end": step_callback}
         if self.name == "warp":
             kwargs = {k: v for k, v in kwargs.items() if v is not None}  # clip_length None: the warp's own chunks
-            return self.pipeline.generate_clips(source.crop, motion, source_coefficients=source.coefficients, **kwargs)
+            return self.pipeline.generate_clips(source.crop, motion, source_coefficients=source.coefficients,
+                                                output_renders=renders, **kwargs)
         from mimaface.pipelines.pipeline import SCHEDULERS
 
         self.pipeline.scheduler = SCHEDULERS[sampling.scheduler].from_config(self.pipeline.scheduler.config)
@@ -76,8 +79,9 @@ class Engine:
             return np.ones(source.crop.shape[:2], bool)
         return self.pipeline.render(source.coefficients)[0] > 0
 
-    def frame_silhouette(self, render: np.ndarray) -> np.ndarray:
-        return np.ones(render.shape, bool) if self.name == "warp" else render > 0
+    def frame_silhouette(self, render: np.ndarray | None, crop: np.ndarray) -> np.ndarray:
+        """Where a generated ``crop``'s face is, for pasting back (see :meth:`source_silhouette`)."""
+        return np.ones(crop.shape[:2], bool) if self.name == "warp" else render > 0
 
 
 def prepare_engine_source(engine: str, image: np.ndarray, size: int | None, *, face_index: int | None = None,

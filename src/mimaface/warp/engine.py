@@ -168,12 +168,13 @@ class MeshWarpPipeline:
     @torch.no_grad()
     def generate_clips(self, source_image: np.ndarray, motion: MotionCoefficients, *,
                        source_coefficients: MotionCoefficients, clip_length: int = 25, output_type: str = "np",
-                       **unused_sampling_kwargs) -> Iterator[GeneratedClip]:
+                       output_renders: bool = True, **unused_sampling_kwargs) -> Iterator[GeneratedClip]:
         """Warp ``source_image`` (S,S,3) uint8, an aligned crop, by ``motion`` (per-frame coefficients in
         that crop's frame; its pose, expression and gaze are used, with the source's identity) from
         ``source_coefficients`` (the crop's own one-frame fit). Yields the frames in order, ``clip_length``
         at a time: frames (n,S,S,3) float32 in [0, 1] for "np", (n,3,S,S) for "pt", PIL images for "pil",
-        and I_R (n,S,S) uint8. The diffusion pipeline's sampling arguments are accepted and ignored."""
+        and I_R (n,S,S) uint8 (None with ``output_renders`` False: the warp needs no I_R, and shading it
+        costs a tenth of a frame). The diffusion pipeline's sampling arguments are accepted and ignored."""
         unknown = set(unused_sampling_kwargs) - SAMPLING_KWARGS
         if unknown:
             raise TypeError(f"generate_clips() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -183,9 +184,9 @@ class MeshWarpPipeline:
         for clip_index, start in enumerate(range(0, motion.num_frames, clip_length)):
             stop = min(start + clip_length, motion.num_frames)
             parts = [self._frames(rig, motion.pose[b:min(b + batch, stop)], motion.expression[b:min(b + batch, stop)],
-                                  motion.gaze[b:min(b + batch, stop)]) for b in range(start, stop, batch)]
+                                  motion.gaze[b:min(b + batch, stop)], output_renders) for b in range(start, stop, batch)]
             frames = torch.cat([p[0] for p in parts])
-            renders = np.concatenate([p[1] for p in parts])
+            renders = np.concatenate([p[1] for p in parts]) if output_renders else None
             yield GeneratedClip(start, self._postprocess(frames, output_type), renders, clip_index)
 
     # -- pieces -------------------------------------------------------------------------------------
@@ -282,9 +283,9 @@ class MeshWarpPipeline:
         best = int(np.argmin(error))
         return found[best] if error[best] <= DETECTION_AGREEMENT * width else None
 
-    def _frames(self, rig: _Rig, pose: np.ndarray, expression: np.ndarray,
-                gaze: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Frames (B,S,S,3) float in [0, 1] and I_R (B,S,S) uint8 of one batch of coefficients."""
+    def _frames(self, rig: _Rig, pose: np.ndarray, expression: np.ndarray, gaze: np.ndarray,
+                renders: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Frames (B,S,S,3) float in [0, 1] and I_R (B,S,S) uint8 (``renders``; else None) of one batch."""
         cfg, size, device = self.config, rig.size, self.device
         target = rig.mesh.target(pose, expression, gaze)
         verts = torch.as_tensor(target.vertices, dtype=torch.float32, device=device)
@@ -303,7 +304,7 @@ class MeshWarpPipeline:
         self._paint_openings(rig, target, pose, fragments, verts, grid, frames)
         rig.eyes.lashes(frames, target.vertices, target.pulled, pose[:, 5])
         frames.clamp_(0.0, 1.0)
-        return frames, self._grey(rig, fragments, verts, size)
+        return frames, self._grey(rig, fragments, verts, size) if renders else None
 
     def _grey(self, rig: _Rig, fragments, verts: torch.Tensor, size: int) -> np.ndarray:
         """I_R (B,S,S) uint8: the target face as ``render_grey`` shades it, from the warp's own raster
