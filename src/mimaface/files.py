@@ -94,6 +94,19 @@ def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2) -
     write_text(path, json.dumps(value, indent=indent) + "\n")
 
 
+def read_json_object(path: str | os.PathLike, what: str, *, error: type[InputError] = InputError,
+                     hint: str = "") -> dict:
+    """The JSON object in ``path``, or one ``error`` line: unreadable, or not ``what`` (not an object),
+    each followed by ``hint``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: unreadable ({one_line(exc)}){hint}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: not {what} (expected a JSON object){hint}")
+    return data
+
+
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez_compressed`` of ``arrays`` to ``path`` atomically. The archive is built in memory:
     numpy leaves its zip file open when a write fails (a full disk), and that file then complains

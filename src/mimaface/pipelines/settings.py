@@ -3,12 +3,12 @@ that ``mimaface animate`` checks its inputs before the diffusion pipeline module
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from mimaface.errors import InputError, ModelLoadError
+from mimaface.files import read_json_object
 from mimaface.limits import check_count, limits
 from mimaface.pipelines.options import is_whole
 
@@ -86,13 +86,7 @@ def _read_json(path: Path) -> dict | None:
     """A component's config file, None if there is none; one ModelLoadError line if it is not JSON."""
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"'{path}' is not a readable config ({exc}); expected {SAVED_HOW}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"'{path}' is not a config (a JSON object); expected {SAVED_HOW}")
-    return config
+    return read_json_object(path, "a config", error=ModelLoadError, hint=f"; expected {SAVED_HOW}")
 
 
 def pipeline_folder(path: str | os.PathLike | None) -> Path:

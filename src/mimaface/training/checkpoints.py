@@ -73,12 +73,7 @@ class TrainerState:
     @classmethod
     def read(cls, path: Path) -> TrainerState:
         """Read a ``trainer_state.json``; anything but this class's fields with their types is an InputError."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable ({one_line(exc)})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: not a trainer state (expected a JSON object)")
+        data = files.read_json_object(path, "a trainer state")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:

@@ -16,8 +16,8 @@ and colours of the eye and mouth painters. Per batch of frames:
 4. inside the target eye and mouth openings (rasterised at full resolution): irises moved to the
    gaze (:mod:`.eyes`) and the inside of a mouth opened wider than the source's (:mod:`.mouth`);
    the lash line of shut eyes;
-5. I_R: the target face shaded as ``render_grey`` shades it, from the same raster (at the map's
-   resolution, upsampled), with the eyes and mouth as holes.
+5. I_R, when asked for (``output_renders``): the target face shaded as ``render_grey`` shades it,
+   from the same raster (at the map's resolution, upsampled), with the eyes and mouth as holes.
 
 The warp is deterministic and frame-independent: no flicker, no clip seams. ``clip_length`` only
 sets how many frames each yielded :class:`GeneratedClip` holds.
