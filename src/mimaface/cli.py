@@ -41,7 +41,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
         write_image,
         write_video,
     )
-    from mimaface.pipelines.options import is_finite_number
+    from mimaface.values import is_finite_number
 
     out = Path(args.output)
     suffix = out.suffix.lower()

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import re
 import zipfile
@@ -63,6 +62,7 @@ from mimaface.face3d.model import GAZE_NAMES, NUM_LANDMARKS, FaceModel
 from mimaface.face3d.pose import POSE_NAMES
 from mimaface.files import write_npz, write_text
 from mimaface.limits import Limits, check_count, limits
+from mimaface.values import is_finite_number, is_number
 
 FORMAT_VERSION = 1
 DEFAULT_SCALE = 0.8
@@ -437,12 +437,11 @@ def _shown(value: object) -> str:
 def finite_number(value: object, what: str) -> float:
     """``value`` as a float when it is a finite real number (a bool is not a number); else an InputError
     that starts with ``what`` (the file and the field)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not is_number(value):
         raise InputError(f"{what} must be a number, got {_shown(value)}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InputError(f"{what} must be a finite number (at most 1.8e308 in size), got {number}")
-    return number
+    if not is_finite_number(value):
+        raise InputError(f"{what} must be a finite number (at most 1.8e308 in size), got {_shown(value)}")
+    return float(value)
 
 
 def whole_number(value: object, what: str) -> int:

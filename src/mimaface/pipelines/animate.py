@@ -43,11 +43,12 @@ from mimaface.media import (
 )
 from mimaface.pipelines.compositing import PasteBack, side_by_side
 from mimaface.pipelines.engines import Engine, choose_engine, prepare_engine_source
-from mimaface.pipelines.options import SamplingOptions, is_whole
+from mimaface.pipelines.options import SamplingOptions
 from mimaface.pipelines.retarget import RetargetConfig, retarget
 from mimaface.pipelines.settings import check_generation, read_settings
 from mimaface.pipelines.source import SourceFace
 from mimaface.provenance import ProvenanceOptions, Stamp
+from mimaface.values import is_whole
 
 if TYPE_CHECKING:  # the diffusion pipeline (diffusers, ~6 s to import) is imported where it is used, so a
     from mimaface.pipelines.pipeline import MIMAFacePipeline  # bad input to the warp engine fails at once

@@ -3,29 +3,17 @@ from. Free of torch at import time, so the command line starts fast."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from numbers import Integral, Real
 
 from mimaface.errors import InputError
+from mimaface.values import is_finite_number, is_whole
 
 #: The generation engines (:mod:`mimaface.pipelines.engines`): learning-free mesh warp, the diffusion model.
 ENGINES = ("warp", "diffusion")
 #: The samplers by name (diffusers classes in :data:`mimaface.pipelines.pipeline.SCHEDULERS`).
 SCHEDULER_NAMES = ("ddim", "euler", "dpm++")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
-
-
-def is_whole(value: object) -> bool:
-    """An integer (Python's or numpy's), not a bool."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def is_finite_number(value: object) -> bool:
-    """A finite real number (Python's or numpy's), not a bool."""
-    return isinstance(value, Real) and not isinstance(value, bool) and (isinstance(value, Integral)
-                                                                        or math.isfinite(value))
 
 
 #: What each sampling value must be (None for clip_length and overlap: as the model was trained). What a

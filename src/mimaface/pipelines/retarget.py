@@ -24,7 +24,7 @@ import numpy as np
 
 from mimaface.errors import InputError
 from mimaface.face3d.coefficients import MotionCoefficients
-from mimaface.pipelines.options import is_finite_number
+from mimaface.values import is_finite_number
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from mimaface.errors import InputError, ModelLoadError
 from mimaface.files import read_json_object
 from mimaface.limits import check_count, limits
-from mimaface.pipelines.options import is_whole
+from mimaface.values import is_whole
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "tiny_model"
 SAVED_HOW = "a folder written by MIMAFacePipeline.save_pretrained or `mimaface train` (RUN_DIR/final)"

@@ -20,7 +20,7 @@ from mimaface.face3d.fitting import FaceFitter
 from mimaface.face3d.landmarks import detect_face
 from mimaface.limits import limits
 from mimaface.media import check_image_pixels, load_image
-from mimaface.pipelines.options import is_finite_number, is_whole
+from mimaface.values import is_finite_number, is_whole
 
 MIN_FACE_PIXELS = 24
 NATIVE_MAX_SIZE = 1024  # the largest crop taken at the photo's own resolution

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import re
 import reprlib
@@ -37,7 +36,6 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +47,7 @@ from safetensors.torch import save_file
 
 from mimaface import files
 from mimaface.errors import InputError, one_line
+from mimaface.values import is_finite_number, is_whole
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -80,13 +79,13 @@ class TrainerState:
             raise InputError(f"{path}: not a trainer state (unknown keys: {', '.join(unknown) or 'none'}; missing: "
                              f"{', '.join(missing) or 'none'})")
         for key in ("step", "epoch", "batch"):
-            if not (_is_int(data[key]) and data[key] >= 0):
+            if not (is_whole(data[key]) and data[key] >= 0):
                 raise InputError(f"{path}: {key} must be a whole number >= 0, got {reprlib.repr(data[key])}")
-        if not (_is_number(data["seconds"]) and data["seconds"] >= 0):
+        if not (is_finite_number(data["seconds"]) and data["seconds"] >= 0):
             raise InputError(f"{path}: seconds must be a number >= 0, got {reprlib.repr(data['seconds'])}")
         history = data["history"]
         if not (isinstance(history, dict) and all(
-                isinstance(points, list) and all(isinstance(p, list) and len(p) == 2 and all(map(_is_number, p))
+                isinstance(points, list) and all(isinstance(p, list) and len(p) == 2 and all(map(is_finite_number, p))
                                                  for p in points) for points in history.values())):
             raise InputError(f"{path}: history must map each loss name to a list of [step, value] pairs")
         return cls(**data)
@@ -94,14 +93,6 @@ class TrainerState:
     def write(self, path: Path) -> None:
         """Write into a checkpoint folder being built (the folder is what appears whole)."""
         path.write_text(json.dumps(dataclasses.asdict(self)) + "\n")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -346,7 +337,7 @@ def load_rng_state(path: Path, device: torch.device) -> int:
         if not step.isdigit() or len(step) > 18:
             raise ValueError(f"accelerator_step must be a whole number, got {reprlib.repr(step)}")
         internal = python.get("state")
-        if not (isinstance(internal, list) and all(_is_int(v) for v in internal)):
+        if not (isinstance(internal, list) and all(is_whole(v) for v in internal)):
             raise ValueError("the python state must be a list of integers")
         keys = tensors["numpy.keys"]
         if keys.dtype != torch.int64 or keys.ndim != 1 or bool((keys < 0).any() | (keys >= 2**32).any()):
