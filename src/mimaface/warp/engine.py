@@ -88,9 +88,9 @@ class WarpConfig:
     rings: tuple[float, ...] = RINGS  # ring vertices, fractions of the decay distance (the last holds still)
     falloff: float = FALLOFF  # the motion outside the face decays over this many face radii (at most to the border)
     head_slope: float = HEAD_SLOPE  # beyond the oval the head proxy falls back this much depth per unit out (parallax)
-    neck_falloff: float = NECK_FALLOFF  # ... and to 0 this many face radii below the jaw line (at most 0.7 of the way down)
+    neck_falloff: float = NECK_FALLOFF  # ... and to 0 this many face radii below the jaw (at most 0.7 of the way down)
     min_gap: float = MIN_GAP  # fold guard: a ray's vertices move apart by at most 1 - this of their spacing
-    eye_close: float = EYE_CLOSE  # lids closer than this fraction of the neutral opening are pulled shut (fully at 40 %)
+    eye_close: float = EYE_CLOSE  # lids closer than this fraction of the neutral opening shut (fully at 40 %)
     lip_close: float = LIP_CLOSE  # lips closer than this are pulled shut (fully at 40 %)
     mouth_open_full: float = 0.04  # extra lip opening over the source's at which the painted interior is opaque
     iris_scale: float = 1.1  # iris disc radius as moved, in the face model's iris radii
@@ -184,7 +184,8 @@ class MeshWarpPipeline:
         for clip_index, start in enumerate(range(0, motion.num_frames, clip_length)):
             stop = min(start + clip_length, motion.num_frames)
             parts = [self._frames(rig, motion.pose[b:min(b + batch, stop)], motion.expression[b:min(b + batch, stop)],
-                                  motion.gaze[b:min(b + batch, stop)], output_renders) for b in range(start, stop, batch)]
+                                  motion.gaze[b:min(b + batch, stop)], output_renders)
+                     for b in range(start, stop, batch)]
             frames = torch.cat([p[0] for p in parts])
             renders = np.concatenate([p[1] for p in parts]) if output_renders else None
             yield GeneratedClip(start, self._postprocess(frames, output_type), renders, clip_index)
