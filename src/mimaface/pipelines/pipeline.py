@@ -75,7 +75,7 @@ class GeneratedClip:
     clip_index: int
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.renders) if self.renders is not None else len(self.frames)
 
 
 @dataclass

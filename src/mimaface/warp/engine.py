@@ -50,6 +50,7 @@ from mimaface.pipelines.pipeline import (
     join_clips,
     to_uint8,
 )
+from mimaface.values import is_whole
 from mimaface.warp.eyes import EyePainter
 from mimaface.warp.mesh import (
     EYE_CLOSE,
@@ -215,7 +216,7 @@ class MeshWarpPipeline:
         if source.landmarks is not None and np.shape(source.landmarks)[1:2] != (NUM_LANDMARKS,):
             raise InputError(f"source_coefficients.landmarks must be (T, {NUM_LANDMARKS}, 2 or 3), "
                              f"got {np.shape(source.landmarks)}")
-        if isinstance(clip_length, bool) or not isinstance(clip_length, (int, np.integer)) or clip_length < 1:
+        if not is_whole(clip_length) or clip_length < 1:
             raise InputError(f"clip_length must be a positive integer, got {clip_length!r}")
         clip_bytes = min(clip_length, motion.num_frames) * image.shape[0] ** 2 * 3 * 4
         if clip_bytes > MAX_CLIP_BYTES:
